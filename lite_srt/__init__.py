@@ -1,0 +1,1 @@
+"""lite_srt: a small, fast LLM serving runtime."""

@@ -1,0 +1,128 @@
+"""ServerArgs: the one frozen dataclass holding every engine and server setting.
+
+The CLI flags of `lite-srt serve|generate` are generated from its fields (name, type, default, help), so a
+default lives in exactly one place. Derived values are properties.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from lite_srt.errors import InvalidRequestError
+
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+def _opt(help: str, default: Any = None, choices: tuple[Any, ...] | None = None, **kw: Any) -> Any:
+    meta = {"help": help}
+    if choices is not None:
+        meta["choices"] = choices
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass(frozen=True)
+class ServerArgs:
+    # Model
+    model_path: str | None = _opt("HF model directory or .gguf file; default: the embedded SmolLM2-135M-Instruct")
+    tokenizer_path: str | None = _opt("tokenizer directory or .gguf file (default: the model path)")
+    load_format: str = _opt("how to load weights", "auto", ("auto", "safetensors", "gguf", "dummy"))
+    dtype: str = _opt("weights/activation dtype; auto = config dtype on GPU, float32 on CPU", "auto",
+                      ("auto", "float32", "bfloat16", "float16"))
+    device: str | None = _opt("cuda when available, else cpu", None)
+    context_length: int | None = _opt("max tokens of prompt + output (default: the model's)")
+    served_model_name: str | None = _opt("model name reported by the API (default: from the model path)")
+    chat_template: str | None = _opt("a jinja2 chat template file or string overriding the model's")
+    seed: int = _opt("random seed for weights of --load-format dummy and for unseeded requests", 0)
+    # Memory and batching
+    max_total_tokens: int | None = _opt("KV pool capacity in tokens (default: sized from memory)")
+    mem_fraction_static: float | None = _opt("fraction of GPU memory for weights + KV pool (GPU only)")
+    max_running_requests: int = _opt("most requests decoding at once", 256)
+    max_queued_requests: int | None = _opt("answer 503 when this many requests wait (default: unbounded)")
+    chunked_prefill_size: int = _opt("per-step prefill token budget; long prompts are split in chunks", 2048)
+    max_prefill_tokens: int = _opt("prefill tokens admitted per step (counting all requests)", 16384)
+    page_size: int = _opt("KV allocation granularity in tokens", 1)
+    schedule_policy: str = _opt("waiting-queue order", "fcfs", ("fcfs", "lpm"))
+    disable_radix_cache: bool = _opt("use the naive cache (no prefix reuse), for A/B", False)
+    # Server
+    host: str = _opt("bind address", "127.0.0.1")
+    port: int = _opt("bind port", 30000)
+    api_key: str | None = _opt("require `Authorization: Bearer KEY` on every route but /health")
+    max_request_bytes: int = _opt("largest accepted request body", 8 * 1024 * 1024)
+    log_level: str = _opt("logging level", "info", ("debug", "info", "warning", "error"))
+
+    def __post_init__(self) -> None:
+        def bad(param: str, msg: str) -> InvalidRequestError:
+            return InvalidRequestError(f"--{param.replace('_', '-')} {msg}", param=param)
+
+        if self.page_size < 1:
+            raise bad("page_size", f"must be >= 1, got {self.page_size}")
+        if self.chunked_prefill_size < 1:
+            raise bad("chunked_prefill_size", f"must be >= 1, got {self.chunked_prefill_size}")
+        if self.max_running_requests < 1:
+            raise bad("max_running_requests", f"must be >= 1, got {self.max_running_requests}")
+        if self.max_total_tokens is not None and self.max_total_tokens < 1:
+            raise bad("max_total_tokens", f"must be >= 1, got {self.max_total_tokens}")
+        if self.context_length is not None and self.context_length < 1:
+            raise bad("context_length", f"must be >= 1, got {self.context_length}")
+        if self.mem_fraction_static is not None and not 0.0 < self.mem_fraction_static < 1.0:
+            raise bad("mem_fraction_static", f"must be in (0, 1), got {self.mem_fraction_static}")
+        if self.max_queued_requests is not None and self.max_queued_requests < 1:
+            raise bad("max_queued_requests", f"must be >= 1, got {self.max_queued_requests}")
+
+    @property
+    def resolved_device(self) -> str:
+        if self.device:
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def replace(self, **changes: Any) -> ServerArgs:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> ServerArgs:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise TypeError(f"unknown server argument(s): {', '.join(unknown)}")
+        return cls(**kwargs)
+
+    # CLI generation -------------------------------------------------------------------------------------
+    @classmethod
+    def add_cli_args(cls, parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in skip:
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            help_ = f.metadata.get("help", "")
+            base = _base_type(hints[f.name])
+            if base is bool:
+                parser.add_argument(flag, action="store_true", default=f.default, help=help_)
+                continue
+            kw: dict[str, Any] = {"type": base, "default": f.default, "dest": f.name}
+            if "choices" in f.metadata:
+                kw["choices"] = f.metadata["choices"]
+            shown = "" if f.default is None else f" (default: {f.default})"
+            parser.add_argument(flag, help=help_ + shown, **kw)
+
+    @classmethod
+    def from_cli_args(cls, ns: argparse.Namespace) -> ServerArgs:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in vars(ns).items() if k in names})
+
+
+def _base_type(hint: Any) -> type:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def cache_dir() -> str:
+    """Where the default model and other downloads live (LITE_SRT_CACHE, default ~/.cache/lite_srt)."""
+    return os.environ.get("LITE_SRT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "lite_srt")
