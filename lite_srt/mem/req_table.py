@@ -1,0 +1,74 @@
+"""ReqToTokenTable: for each running request (a row), the KV slot of each of its positions.
+
+Owns the `table` tensor (int32 [max_reqs, max_context_len], on the model's device) and the set of free
+rows. Ownership: rows are allocated, freed and written on the event-loop thread (the scheduler); the
+GPU/forward thread only reads the rows of the batch it was handed, which the scheduler does not rewrite
+while that batch runs. No locks.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class ReqToTokenTable:
+    """Row allocator plus the request-position -> slot table the attention kernels index."""
+
+    def __init__(self, max_reqs: int, max_context_len: int, device: str | torch.device) -> None:
+        if max_reqs < 1 or max_context_len < 1:
+            raise ValueError(
+                f"ReqToTokenTable: max_reqs ({max_reqs}) and max_context_len ({max_context_len}) must be >= 1"
+            )
+        self.max_reqs = max_reqs
+        self.max_context_len = max_context_len
+        self.device = torch.device(device)
+        self.table = torch.zeros((max_reqs, max_context_len), dtype=torch.int32, device=self.device)
+        # A Python stack: rows are few (hundreds) and taken one at a time.
+        self._free_rows: list[int] = list(range(max_reqs - 1, -1, -1))
+        self._row_is_free = [True] * max_reqs
+
+    @property
+    def available(self) -> int:
+        return len(self._free_rows)
+
+    def alloc(self) -> int | None:
+        """A free row, or None when every row is taken."""
+        if not self._free_rows:
+            return None
+        row = self._free_rows.pop()
+        self._row_is_free[row] = False
+        return row
+
+    def free(self, row: int) -> None:
+        self._check_row(row, "free")
+        self._row_is_free[row] = True
+        self._free_rows.append(row)
+
+    def write(self, row: int, start: int, slots: torch.Tensor) -> None:
+        """table[row, start : start + len(slots)] = slots."""
+        self._check_row(row, "write")
+        end = start + slots.numel()
+        self._check_range(start, end, "write")
+        self.table[row, start:end] = slots.to(device=self.device, dtype=torch.int32)
+
+    def read(self, row: int, start: int, end: int) -> torch.Tensor:
+        """table[row, start:end] as int64."""
+        self._check_row(row, "read")
+        self._check_range(start, end, "read")
+        return self.table[row, start:end].to(torch.int64)
+
+    def reset(self) -> None:
+        self._free_rows = list(range(self.max_reqs - 1, -1, -1))
+        self._row_is_free = [True] * self.max_reqs
+
+    def _check_row(self, row: int, op: str) -> None:
+        if not 0 <= row < self.max_reqs:
+            raise IndexError(f"ReqToTokenTable.{op}: row {row} is outside [0, {self.max_reqs})")
+        if self._row_is_free[row]:
+            raise RuntimeError(f"ReqToTokenTable.{op}: row {row} is not allocated")
+
+    def _check_range(self, start: int, end: int, op: str) -> None:
+        if not 0 <= start <= end <= self.max_context_len:
+            raise IndexError(
+                f"ReqToTokenTable.{op}: positions [{start}, {end}) are outside [0, {self.max_context_len})"
+            )
