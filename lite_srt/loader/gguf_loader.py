@@ -1,0 +1,173 @@
+"""GGUF checkpoints: metadata access and float32 tensors under their Hugging Face names.
+
+Owns the mapping from llama.cpp tensor names to HF names, dequantization (through gguf-py, the same code
+transformers uses, so results match it bit for bit) and undoing llama.cpp's Q/K row permutation. Runs on
+whichever thread loads weights; holds no state beyond the memory-mapped file it reads.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType, GGUFReader
+from gguf.gguf_reader import ReaderTensor
+from gguf.quants import dequantize
+
+from lite_srt.errors import CorruptFileError, MissingFileError, ModelLoadError, UnsupportedQuantTypeError
+
+Q = GGMLQuantizationType
+SUPPORTED_TYPES = frozenset({Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q5_K, Q.Q6_K})
+# Tensors that carry no weights of their own. rope_freqs holds llama3 rope scaling divisors; ModelConfig turns
+# them back into rope_scaling (see model_config.llama3_scaling_from_freq_factors), so the model never needs them.
+SKIPPED_TENSORS = frozenset({"rope_freqs.weight"})
+# Architectures whose llama.cpp converter permutes q_proj/k_proj rows (for its interleaved rope kernel).
+PERMUTED_QK_ARCHS = frozenset({"llama", "mistral"})
+
+_GLOBAL_NAMES = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
+_BLOCK_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
+
+
+@dataclass
+class GGUFFile:
+    """An opened GGUF file: typed metadata lookups and tensor access by GGUF name."""
+
+    path: str
+    reader: GGUFReader
+
+    @classmethod
+    def open(cls, path: str) -> GGUFFile:
+        try:
+            reader = GGUFReader(path)
+        except FileNotFoundError as e:
+            raise MissingFileError(f"GGUF file {path} not found") from e
+        except Exception as e:  # gguf-py raises ValueError/struct/index errors on any malformed byte
+            raise CorruptFileError(f"{path} is not a readable GGUF file (truncated or corrupt?): {e}") from e
+        return cls(path, reader)
+
+    @property
+    def architecture(self) -> str:
+        return str(self.value("general.architecture", None) or self._missing("general.architecture"))
+
+    def value(self, key: str, default: Any) -> Any:
+        field = self.reader.fields.get(key)
+        return default if field is None else field.contents()
+
+    def req_int(self, key: str) -> int:
+        v = self.value(key, None)
+        return self._missing(key) if v is None else int(v)
+
+    def int_or(self, key: str, default: int) -> int:
+        v = self.value(key, None)
+        return default if v is None else int(v)
+
+    @property
+    def vocab_size(self) -> int:
+        tokens = self.reader.fields.get("tokenizer.ggml.tokens")
+        if tokens is not None:  # an array field: one data index per token, no need to decode the strings
+            return len(tokens.data)
+        return self.req_int(f"{self.architecture}.vocab_size")
+
+    def has_tensor(self, name: str) -> bool:
+        return any(t.name == name for t in self.reader.tensors)
+
+    def tensor_f32(self, name: str) -> torch.Tensor:
+        for t in self.reader.tensors:
+            if t.name == name:
+                return dequantize_tensor(t, self.path)
+        raise ModelLoadError(f"{self.path}: tensor {name!r} not found")
+
+    @property
+    def num_weight_tensors(self) -> int:
+        return sum(1 for t in self.reader.tensors if t.name not in SKIPPED_TENSORS)
+
+    def _missing(self, key: str) -> Any:
+        raise ModelLoadError(f"{self.path}: GGUF metadata key {key!r} is missing")
+
+
+def hf_tensor_name(gguf_name: str, source: str = "GGUF file") -> str | None:
+    """The HF name of a GGUF tensor; None for SKIPPED_TENSORS; ModelLoadError for names we cannot place."""
+    if gguf_name in SKIPPED_TENSORS:
+        return None
+    stem, _, kind = gguf_name.rpartition(".")
+    if stem in _GLOBAL_NAMES and kind in ("weight", "bias"):
+        return f"{_GLOBAL_NAMES[stem]}.{kind}"
+    m = _BLOCK_RE.fullmatch(gguf_name)
+    if m and m.group(2) in _BLOCK_NAMES:
+        return f"model.layers.{m.group(1)}.{_BLOCK_NAMES[m.group(2)]}.{m.group(3)}"
+    raise ModelLoadError(f"{source}: unknown GGUF tensor {gguf_name!r}: lite_srt has no place to load it")
+
+
+def dequantize_tensor(t: ReaderTensor, source: str) -> torch.Tensor:
+    """float32 tensor in HF (row-major, reversed GGUF dims) layout."""
+    qtype = t.tensor_type
+    if qtype not in SUPPORTED_TYPES:
+        name = getattr(qtype, "name", str(qtype))
+        raise UnsupportedQuantTypeError(
+            f"{source}: tensor {t.name!r} has type {name}; supported: {', '.join(sorted(q.name for q in SUPPORTED_TYPES))}"
+        )
+    shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+    try:
+        arr = dequantize(t.data, qtype).reshape(shape)
+    except ValueError as e:
+        raise CorruptFileError(
+            f"{source}: tensor {t.name!r} ({qtype.name}, shape {shape}) is malformed: {e}"
+        ) from e
+    # F32 data is a read-only view into the memory-mapped file; the caller gets its own writable copy.
+    return torch.from_numpy(
+        arr if arr.flags.writeable and arr.dtype == np.float32 else arr.astype(np.float32)
+    )
+
+
+def unpermute_qk(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Undo llama.cpp's rows permutation of q/k for llama-arch files (its rope pairs adjacent dims, HF's halves).
+
+    llama.cpp groups each head's rows as (half, pair) -> interleaved; HF keeps the two halves contiguous.
+    """
+    rows = w.shape[0]
+    return (
+        w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:])
+        .transpose(1, 2)
+        .reshape(w.shape)
+        .contiguous()
+    )
+
+
+def iter_gguf(source: str | GGUFFile) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (hf_name, float32 tensor) for every weight of a GGUF file (path or opened), in file order."""
+    g = source if isinstance(source, GGUFFile) else GGUFFile.open(source)
+    path = g.path
+    arch = g.architecture
+    n_heads = g.req_int(f"{arch}.attention.head_count")
+    # heads per projection whose rows (weight and bias) llama.cpp permuted
+    permuted = {"q_proj": n_heads, "k_proj": g.int_or(f"{arch}.attention.head_count_kv", n_heads)}
+    for t in g.reader.tensors:
+        hf_name = hf_tensor_name(t.name, path)
+        if hf_name is None:
+            continue
+        w = dequantize_tensor(t, path)
+        proj = hf_name.split(".")[-2]
+        if arch in PERMUTED_QK_ARCHS and ".self_attn." in hf_name and proj in permuted:
+            w = unpermute_qk(w, permuted[proj])
+        yield hf_name, w
