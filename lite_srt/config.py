@@ -48,6 +48,9 @@ class ServerArgs:
     page_size: int = _opt("KV allocation granularity in tokens", 1)
     schedule_policy: str = _opt("waiting-queue order", "fcfs", ("fcfs", "lpm"))
     disable_radix_cache: bool = _opt("use the naive cache (no prefix reuse), for A/B", False)
+    schedule_conservativeness: float = _opt(
+        "scales the KV kept back for running requests' future tokens when admitting new ones "
+        "(0 = admit greedily and rely on retraction)", 1.0)
     # Server
     host: str = _opt("bind address", "127.0.0.1")
     port: int = _opt("bind port", 30000)
@@ -71,6 +74,8 @@ class ServerArgs:
             raise bad("context_length", f"must be >= 1, got {self.context_length}")
         if self.mem_fraction_static is not None and not 0.0 < self.mem_fraction_static < 1.0:
             raise bad("mem_fraction_static", f"must be in (0, 1), got {self.mem_fraction_static}")
+        if self.schedule_conservativeness < 0:
+            raise bad("schedule_conservativeness", f"must be >= 0, got {self.schedule_conservativeness}")
         if self.max_queued_requests is not None and self.max_queued_requests < 1:
             raise bad("max_queued_requests", f"must be >= 1, got {self.max_queued_requests}")
 

@@ -1,0 +1,210 @@
+"""AsyncEngine: the engine as it lives on one asyncio event loop (the HTTP server's, or the offline Engine's).
+
+It owns the tokenizer, the model runner and its forward thread, and the scheduler coroutine. `generate()`
+validates a request synchronously (raising a LiteSrtError the caller can map to HTTP 4xx/5xx), queues it and
+returns a RequestStream of RequestOutputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from lite_srt.config import ServerArgs
+from lite_srt.engine.forward_batch import ForwardBatch
+from lite_srt.engine.io import EngineStats, FinishReason, GenerateRequest, RequestOutput
+from lite_srt.engine.model_runner import ModelRunner, StepResult
+from lite_srt.engine.request import Req, RequestGroup, init_output_state
+from lite_srt.engine.sampler import SamplingBatch
+from lite_srt.engine.scheduler import Scheduler
+from lite_srt.errors import ContextLengthExceededError, EngineDeadError, InvalidRequestError, QueueFullError
+from lite_srt.loader import load_model_config
+from lite_srt.tokenizer.tokenizer import Tokenizer, load_tokenizer
+
+logger = logging.getLogger(__name__)
+_SEED_BITS = 62  # per-request seeds stay positive in int64 arithmetic on the device
+
+
+def resolve_model_path(args: ServerArgs) -> str:
+    if args.model_path:
+        return args.model_path
+    from lite_srt.default_model import default_model_path
+
+    return default_model_path()
+
+
+class RequestStream:
+    """Async iterator over one request's outputs (all n samples); closing it early aborts the request."""
+
+    def __init__(self, engine: AsyncEngine, group: RequestGroup) -> None:
+        self._engine = engine
+        self._group = group
+        self._finished = 0
+
+    @property
+    def rid(self) -> str:
+        return self._group.rid
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self._finished >= self._group.n:
+            raise StopAsyncIteration
+        out = await self._group.queue.get()
+        if out.finished:
+            self._finished += 1
+        return out
+
+    async def aclose(self) -> None:
+        if self._finished < self._group.n:
+            self._engine.abort(self._group.rid)
+
+
+class AsyncEngine:
+    def __init__(self, args: ServerArgs) -> None:
+        self.args = args
+        self.model_path = resolve_model_path(args)
+        self.model_config = load_model_config(self.model_path)
+        self.tokenizer: Tokenizer = load_tokenizer(args.tokenizer_path or self.model_path, args.chat_template)
+        self.context_length = args.context_length or self.model_config.max_position_embeddings
+        self.runner = ModelRunner(args, self.model_config, self.model_path, self.context_length)
+        self.max_total_tokens = self.runner.pool.num_slots
+        self.model_name = args.served_model_name or _name_from_path(self.model_path)
+        self.eos_ids = frozenset(self.tokenizer.eos_token_ids) | frozenset(self.model_config.eos_token_ids)
+        self._rng = random.Random(args.seed)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="lite-srt-forward")
+        self.scheduler: Scheduler | None = None
+        self._task: asyncio.Task | None = None
+        logger.info("KV cache: %d tokens (%s, page size %d), context length %d", self.max_total_tokens,
+                    self.runner.pool, args.page_size, self.context_length)
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        async def run_step(fb: ForwardBatch, rows: list[int], sb: SamplingBatch | None) -> StepResult:
+            return await loop.run_in_executor(self._executor, self.runner.step, fb, rows, sb)
+
+        self.scheduler = Scheduler(self.args, self.runner, run_step, self.context_length,
+                                   self.model_config.vocab_size)
+        self._task = loop.create_task(self.scheduler.run_forever(), name="lite-srt-scheduler")
+        self._task.add_done_callback(self._on_scheduler_exit)
+
+    def _on_scheduler_exit(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("scheduler crashed", exc_info=task.exception())
+
+    async def shutdown(self) -> None:
+        sched = self.scheduler
+        if sched is None:
+            return
+        for rid in list(sched.groups):
+            sched.abort(rid)
+        await asyncio.sleep(0)  # let the scheduler apply the aborts between steps
+        while sched.groups and self._task is not None and not self._task.done():
+            await asyncio.sleep(0.01)
+        sched.stop()
+        if self._task is not None:
+            await asyncio.wait([self._task], timeout=30)
+        self._executor.shutdown(wait=True)
+        self.scheduler = None
+
+    # -- requests --------------------------------------------------------------------------------------
+    def generate(self, req: GenerateRequest) -> RequestStream:
+        sched = self._live_scheduler()
+        ids = req.input_ids
+        self._validate(ids)
+        if self.args.max_queued_requests is not None and sched.num_waiting >= self.args.max_queued_requests:
+            raise QueueFullError(f"the queue is full ({sched.num_waiting} requests waiting); retry later")
+        rid = req.rid or uuid.uuid4().hex
+        if rid in sched.groups:
+            raise InvalidRequestError(f"request id {rid!r} is already in use", param="rid")
+        params = req.sampling_params
+        group = RequestGroup(rid, params.n, len(ids))
+        base_seed = params.seed if params.seed is not None else self._rng.getrandbits(_SEED_BITS)
+        for i in range(params.n):
+            r = Req(rid=rid, index=i, input_ids=ids, params=params, seed=(base_seed + i) % (1 << _SEED_BITS),
+                    group=group, eos_ids=self.eos_ids)
+            init_output_state(r, self.tokenizer)
+            group.reqs.append(r)
+        if params.max_new_tokens == 0:
+            for r in group.reqs:  # nothing to generate: answer without touching the model
+                r.finish_reason = FinishReason("length")
+                r.state = r.state.FINISHED
+                group.queue.put_nowait(_final_empty(r))
+            return RequestStream(self, group)
+        group.prefix_job = self._prefix_job(group, ids, params)
+        sched.add_group(group, group.prefix_job)
+        return RequestStream(self, group)
+
+    def _prefix_job(self, group: RequestGroup, ids: list[int], params) -> Req | None:
+        """For n > 1, a prefill-only request computes the page-aligned prompt KV that all samples share."""
+        page = self.args.page_size
+        shared = (len(ids) - 1) // page * page
+        if params.n == 1 or shared == 0:
+            return None
+        return Req(rid=group.rid, index=-1, input_ids=ids[:shared], params=params, seed=0, group=group,
+                   eos_ids=self.eos_ids, is_prefix_job=True)
+
+    def _validate(self, ids: list[int]) -> None:
+        if not ids:
+            raise InvalidRequestError("the prompt is empty", param="input_ids")
+        vocab = self.model_config.vocab_size
+        if any((not isinstance(t, int)) or isinstance(t, bool) or t < 0 or t >= vocab for t in ids):
+            raise InvalidRequestError(f"input_ids must be integers in [0, {vocab})", param="input_ids")
+        if len(ids) >= self.context_length:
+            raise ContextLengthExceededError(
+                f"the prompt has {len(ids)} tokens, but the context length is {self.context_length} "
+                "(prompt plus at least one output token must fit)", param="input_ids")
+        if len(ids) + 1 > self.max_total_tokens:
+            raise ContextLengthExceededError(
+                f"the prompt has {len(ids)} tokens, but the KV cache holds {self.max_total_tokens}; "
+                "raise --max-total-tokens", param="input_ids")
+
+    def abort(self, rid: str) -> bool:
+        return self.scheduler.abort(rid) if self.scheduler is not None else False
+
+    def _live_scheduler(self) -> Scheduler:
+        if self.scheduler is None or self._task is None or self._task.done():
+            raise EngineDeadError("the engine is not running")
+        return self.scheduler
+
+    async def flush_cache(self) -> bool:
+        sched = self._live_scheduler()
+        if sched.groups or sched.running or sched.waiting:
+            return False
+        return sched.kv.flush_cache()
+
+    def stats(self) -> EngineStats:
+        sched = self._live_scheduler()
+        kv, c = sched.kv, sched.counters
+        return EngineStats(
+            num_running=len(sched.running),
+            num_waiting=sched.num_waiting,
+            kv_total_tokens=kv.total_slots,
+            kv_used_tokens=kv.total_slots - kv.allocator.available_slots,
+            kv_cached_tokens=kv.cache.size,
+            prompt_tokens_total=c.prompt_tokens,
+            generation_tokens_total=c.generation_tokens,
+            cache_hit_tokens_total=c.cache_hit_tokens,
+            num_retractions_total=c.retractions,
+            num_finished_total=c.finished,
+        )
+
+
+def _final_empty(req: Req) -> RequestOutput:
+    return RequestOutput(rid=req.rid, index=req.index, text="", output_ids=[], delta_text="", delta_ids=[],
+                         logprobs=[] if req.logprobs is not None else None,
+                         delta_logprobs=[] if req.logprobs is not None else None, finished=True,
+                         finish_reason=req.finish_reason, prompt_tokens=len(req.input_ids), completion_tokens=0,
+                         cached_tokens=0)
+
+
+def _name_from_path(path: str) -> str:
+    base = os.path.basename(os.path.normpath(path))
+    return base[: -len(".gguf")] if base.endswith(".gguf") else base

@@ -1,0 +1,139 @@
+"""KVManager: which KV slots each request holds, on top of the allocator, the req->token table and the prefix
+cache. It answers: match a request's prefix, give it slots for new positions, and release them when it finishes
+or is retracted (handing reusable KV to the prefix cache).
+
+Ownership: event-loop thread only. Every slot is exactly one of free (allocator), cached (prefix cache), or owned
+by a live request (positions [cached_len, kv_len) of a request with a table row); `check_invariant` verifies
+free + owned + cached == total.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lite_srt.engine.request import Req, SharedPrefix
+from lite_srt.mem.accounting import check_pool_invariant
+from lite_srt.mem.allocator import KVAllocator
+from lite_srt.mem.prefix_cache import PrefixCache, create_prefix_cache
+from lite_srt.mem.req_table import ReqToTokenTable
+
+
+class KVManager:
+    def __init__(self, num_slots: int, page_size: int, table: ReqToTokenTable, disable_radix_cache: bool) -> None:
+        self.page_size = page_size
+        self.allocator = KVAllocator(num_slots, page_size)
+        self.cache: PrefixCache = create_prefix_cache(self.allocator, page_size, disable_radix_cache)
+        self.table = table
+        # CPU copy of each live request's slots (the table itself may live on the GPU).
+        self._slots: dict[int, list[torch.Tensor]] = {}
+        self._holders: set[Req] = set()  # requests with a table row
+
+    # -- capacity ---------------------------------------------------------------------------------------
+    @property
+    def total_slots(self) -> int:
+        return self.allocator.total_slots
+
+    def available(self) -> int:
+        """Slots a new allocation can get: free now, or freed by evicting unlocked cache entries."""
+        return self.allocator.available_slots + self.cache.evictable_size
+
+    def slots_needed(self, req: Req, n: int) -> int:
+        """Slots (whole pages) that `n` more positions of `req` take from the allocator."""
+        p = self.page_size
+        room = (-req.kv_len) % p  # free positions left in the request's last (own) page
+        return -(-max(n - room, 0) // p) * p
+
+    # -- admission --------------------------------------------------------------------------------------
+    def assign(self, req: Req) -> bool:
+        """Give a waiting request a table row and its reusable prefix (shared prompt or prefix-cache match).
+        False when no table row is free."""
+        row = self.table.alloc()
+        if row is None:
+            return False
+        req.row = row
+        self._holders.add(req)
+        if req.shared is not None:
+            slots = self.slot_tensor(req.shared.holder)[: req.shared.length]
+        else:
+            match = self.cache.match_prefix(req.fill_ids[:-1] if not req.is_prefix_job else req.fill_ids)
+            self.cache.lock(match.handle)
+            req.cache_handle = match.handle
+            slots = match.slots
+        self.table.write(row, 0, slots)
+        self._slots[row] = [slots] if slots.numel() else []
+        req.cached_len = req.kv_len = int(slots.numel())
+        req.last_slot = int(slots[-1]) if slots.numel() else -1
+        return True
+
+    def extend(self, req: Req, n: int) -> torch.Tensor | None:
+        """Slots for req's next n positions (evicting cache entries if needed); None if they do not fit."""
+        slots = self.allocator.alloc(n, req.last_slot)
+        if slots is None:
+            self.cache.evict(self.slots_needed(req, n) - self.allocator.available_slots)
+            slots = self.allocator.alloc(n, req.last_slot)
+            if slots is None:
+                return None
+        assert req.row is not None
+        self.table.write(req.row, req.kv_len, slots)
+        self._slots[req.row].append(slots)
+        return slots
+
+    def commit(self, req: Req, slots: torch.Tensor) -> None:
+        """The forward step wrote K/V for these new slots."""
+        req.kv_len += int(slots.numel())
+        req.last_slot = int(slots[-1])
+
+    def slot_tensor(self, req: Req) -> torch.Tensor:
+        assert req.row is not None
+        chunks = self._slots[req.row]
+        if len(chunks) > 1:  # compact so repeated reads stay cheap
+            chunks[:] = [torch.cat(chunks)]
+        return chunks[0] if chunks else torch.empty(0, dtype=torch.int64)
+
+    # -- release ----------------------------------------------------------------------------------------
+    def release(self, req: Req) -> None:
+        """Give back everything req holds. Its computed KV goes to the prefix cache (which keeps what it can
+        reuse). A sample of a shared prompt frees its own slots; the last one releases the shared prompt."""
+        if req.row is None:
+            return
+        slots = self.slot_tensor(req)
+        if req.shared is not None:
+            self.allocator.free(slots[req.cached_len :])
+        else:
+            self.cache.insert(req.fill_ids[: req.kv_len], slots[: req.kv_len], owned_from=req.cached_len)
+            self.cache.unlock(req.cache_handle)
+            self._free_uncommitted(req, slots)
+        self.table.free(req.row)
+        del self._slots[req.row]
+        self._holders.discard(req)
+        req.row, req.cache_handle, req.cached_len, req.kv_len, req.last_slot = None, None, 0, 0, -1
+
+    def _free_uncommitted(self, req: Req, slots: torch.Tensor) -> None:
+        """Free slots allocated for a step whose K/V never became valid (the step failed). The page that also
+        holds committed positions went to the cache's insert, which freed it as an unaligned tail."""
+        extra = slots[req.kv_len :]
+        if req.kv_len % self.page_size:
+            extra = extra[self.page_size - req.kv_len % self.page_size :]
+        if extra.numel():
+            self.allocator.free(extra)
+
+    def drop_shared(self, shared: SharedPrefix) -> None:
+        """One sample no longer needs the shared prompt; the last one releases it."""
+        shared.refs -= 1
+        if shared.refs == 0:
+            self.release(shared.holder)
+
+    def owned_slots(self) -> int:
+        """Slots held privately by live requests (whole pages from cached_len up to kv_len)."""
+        p = self.page_size
+        return sum(-(-r.kv_len // p) * p - r.cached_len for r in self._holders if r.kv_len > r.cached_len)
+
+    def check_invariant(self) -> None:
+        self.cache.check_integrity()
+        check_pool_invariant(self.allocator, self.cache, self.owned_slots())
+
+    def flush_cache(self) -> bool:
+        if self._holders:
+            return False
+        self.cache.reset()
+        return True

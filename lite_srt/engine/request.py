@@ -1,0 +1,140 @@
+"""Request state: one `Req` per sample, grouped by `RequestGroup` (a user request with n samples).
+
+Ownership: event-loop thread only (scheduler and the stream the caller iterates). The forward thread never
+sees these objects, only the ForwardBatch built from them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from lite_srt.engine.io import FinishReason, RequestOutput, TokenLogprob
+from lite_srt.sampling_params import SamplingParams
+from lite_srt.tokenizer.detokenizer import IncrementalDetokenizer, StopStringMatcher
+from lite_srt.tokenizer.tokenizer import Tokenizer
+
+
+class ReqState(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"  # prefilled, decoding
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class SharedPrefix:
+    """The prompt KV that the n samples of one request share: held by a prefix-only Req until the last sample
+    releases it."""
+
+    holder: Req  # the prefix job (its table row holds the slots; it may hold a prefix-cache lock)
+    length: int  # shared positions [0, length), page-aligned
+    refs: int
+
+
+@dataclass(eq=False)
+class Req:
+    rid: str
+    index: int
+    input_ids: list[int]
+    params: SamplingParams
+    seed: int
+    group: RequestGroup
+    eos_ids: frozenset[int]
+    is_prefix_job: bool = False  # prefills a shared prompt for n > 1 samples; never samples
+    shared: SharedPrefix | None = None
+    output_ids: list[int] = field(default_factory=list)
+    state: ReqState = ReqState.WAITING
+    # KV: positions [0, cached_len) come from the prefix cache (locked) or the shared prefix;
+    # positions [cached_len, kv_len) are this request's own slots. All live in table row `row`.
+    row: int | None = None
+    cache_handle: Any = None
+    cached_len: int = 0
+    kv_len: int = 0
+    last_slot: int = -1
+    prompt_cached_tokens: int = 0  # reported as meta_info.cached_tokens
+    num_retractions: int = 0
+    finish_reason: FinishReason | None = None
+    # output
+    detok: IncrementalDetokenizer | None = None
+    stop_matcher: StopStringMatcher | None = None
+    text: str = ""
+    sent_text_len: int = 0
+    sent_ids_len: int = 0
+    logprobs: list[TokenLogprob] | None = None
+    sent_logprobs_len: int = 0
+    created: float = field(default_factory=time.monotonic)
+
+    @property
+    def fill_ids(self) -> list[int]:
+        """All tokens whose K/V must exist before the next token can be sampled."""
+        return self.input_ids + self.output_ids if self.output_ids else self.input_ids
+
+    @property
+    def fill_len(self) -> int:
+        return len(self.input_ids) + len(self.output_ids)
+
+    @property
+    def own_start(self) -> int:
+        return self.cached_len
+
+    def remaining_new_tokens(self) -> int:
+        return max(self.params.max_new_tokens - len(self.output_ids), 0)
+
+
+class RequestGroup:
+    """A user request: its n sample Reqs and the queue its caller reads RequestOutputs from."""
+
+    def __init__(self, rid: str, n: int, prompt_len: int) -> None:
+        self.rid = rid
+        self.n = n
+        self.prompt_len = prompt_len
+        self.reqs: list[Req] = []
+        self.prefix_job: Req | None = None  # prefills the prompt the n samples share
+        self.queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        self.num_finished = 0
+        self.aborted = False
+
+    @property
+    def finished(self) -> bool:
+        return self.num_finished >= self.n
+
+
+def init_output_state(req: Req, tokenizer: Tokenizer) -> None:
+    p = req.params
+    req.detok = IncrementalDetokenizer(tokenizer, skip_special_tokens=p.skip_special_tokens,
+                                       spaces_between_special_tokens=p.spaces_between_special_tokens)
+    req.stop_matcher = StopStringMatcher(p.stop) if p.stop else None
+    req.logprobs = [] if (p.logprobs or p.top_logprobs > 0) else None
+
+
+def make_output(req: Req) -> RequestOutput:
+    """The RequestOutput for what is new since the last one; text that could still grow into a stop string is
+    held back until the request finishes."""
+    finished = req.state is ReqState.FINISHED
+    text_end = len(req.text)
+    if not finished and req.stop_matcher is not None:
+        text_end -= req.stop_matcher.holdback(req.text)
+    text_end = max(text_end, req.sent_text_len)
+    out = RequestOutput(
+        rid=req.rid,
+        index=req.index,
+        text=req.text[:text_end],
+        output_ids=list(req.output_ids),
+        delta_text=req.text[req.sent_text_len:text_end],
+        delta_ids=req.output_ids[req.sent_ids_len:],
+        logprobs=list(req.logprobs) if req.logprobs is not None else None,
+        delta_logprobs=req.logprobs[req.sent_logprobs_len:] if req.logprobs is not None else None,
+        finished=finished,
+        finish_reason=req.finish_reason,
+        prompt_tokens=len(req.input_ids),
+        completion_tokens=len(req.output_ids),
+        cached_tokens=req.prompt_cached_tokens,
+    )
+    req.sent_text_len = text_end
+    req.sent_ids_len = len(req.output_ids)
+    if req.logprobs is not None:
+        req.sent_logprobs_len = len(req.logprobs)
+    return out

@@ -1,0 +1,356 @@
+"""Scheduler: one coroutine on the event loop doing continuous batching.
+
+Each iteration: apply aborts, build one batch (a prefill batch when requests wait and memory admits them,
+else a decode batch over the running requests, retracting the least-advanced request when the KV pool is
+exhausted), run it on the forward thread, then turn its sampled tokens into outputs.
+
+Ownership: every attribute here lives on the event-loop thread. The forward thread receives a ForwardBatch and
+returns a StepResult; it never touches Req objects, the allocator or the prefix cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from lite_srt.config import ServerArgs
+from lite_srt.engine.forward_batch import ForwardBatch, ForwardMode
+from lite_srt.engine.io import FinishReason, TokenLogprob
+from lite_srt.engine.kv_manager import KVManager
+from lite_srt.engine.model_runner import ModelRunner, StepResult
+from lite_srt.engine.request import Req, ReqState, RequestGroup, SharedPrefix, make_output
+from lite_srt.engine.sampler import SamplerRow, SamplingBatch
+
+logger = logging.getLogger(__name__)
+
+# Admission keeps back ratio * (remaining output tokens of running requests) slots for their decodes. The ratio
+# decays while decoding goes well and jumps after a retraction (SGLang's new-token-ratio idea).
+_RATIO_INIT, _RATIO_MIN, _RATIO_DECAY = 0.7, 0.1, 0.002
+_MAX_RESERVE_PER_REQ = 4096
+_LPM_MAX_QUEUE = 128  # longest-prefix-match ordering costs a tree walk per waiting request
+
+
+@dataclass
+class ScheduledBatch:
+    mode: ForwardMode
+    reqs: list[Req]
+    new_slots: list[torch.Tensor]  # per request: slots written this step
+    sample_rows: list[int]  # indices into reqs that sample a token this step
+    forward: ForwardBatch
+    sampling: SamplingBatch | None
+
+
+@dataclass
+class SchedulerCounters:
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    cache_hit_tokens: int = 0
+    retractions: int = 0
+    finished: int = 0
+
+
+class Scheduler:
+    def __init__(self, args: ServerArgs, runner: ModelRunner, run_step: Callable, context_length: int,
+                 vocab_size: int) -> None:
+        self.args = args
+        self.runner = runner
+        self.run_step = run_step  # async (ForwardBatch, sample_rows, SamplingBatch) -> StepResult on the thread
+        self.context_length = context_length
+        self.vocab_size = vocab_size
+        self.kv = KVManager(runner.pool.num_slots, args.page_size, runner.table, args.disable_radix_cache)
+        self.waiting: deque[Req] = deque()
+        self.running: list[Req] = []
+        self.chunked: Req | None = None  # a request part-way through a chunked prefill
+        self.groups: dict[str, RequestGroup] = {}
+        self.pending_aborts: set[str] = set()
+        self.counters = SchedulerCounters()
+        self.new_token_ratio = _RATIO_INIT * args.schedule_conservativeness
+        self.wakeup = asyncio.Event()
+        self.stopped = False
+        self.last_step_error: BaseException | None = None
+
+    # -- entry points (event loop) -------------------------------------------------------------------
+    def add_group(self, group: RequestGroup, prefix_job: Req | None) -> None:
+        self.groups[group.rid] = group
+        if prefix_job is not None:
+            self.waiting.append(prefix_job)
+        else:
+            self.waiting.extend(group.reqs)
+        self.wakeup.set()
+
+    def abort(self, rid: str) -> bool:
+        if rid not in self.groups:
+            return False
+        self.pending_aborts.add(rid)
+        self.wakeup.set()
+        return True
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting) + (self.chunked is not None)
+
+    async def run_forever(self) -> None:
+        while not self.stopped:
+            self._apply_aborts()
+            batch = self._schedule_prefill() or self._schedule_decode()
+            if batch is None:
+                if not self.running and not self.waiting and self.chunked is None:
+                    self.kv.check_invariant()  # idle: every slot is free or cached
+                self.wakeup.clear()
+                await self.wakeup.wait()
+                continue
+            try:
+                result = (await self.run_step(batch.forward, batch.sample_rows, batch.sampling)
+                          if batch.forward.batch_size else StepResult([], None, None, None, 0.0))
+            except Exception as e:  # a failed step fails its requests; everyone else keeps being served
+                logger.exception("forward step failed")
+                self.last_step_error = e
+                self._fail_batch(batch, f"internal error in the forward step: {e}")
+                continue
+            self._process(batch, result)
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.wakeup.set()
+
+    # -- prefill ---------------------------------------------------------------------------------------
+    def _ordered_waiting(self) -> list[Req]:
+        reqs = list(self.waiting)
+        if self.args.schedule_policy == "lpm" and len(reqs) <= _LPM_MAX_QUEUE:
+            def matched(r: Req) -> int:
+                return 0 if r.shared else self.kv.cache.match_prefix(r.fill_ids[:-1]).length
+            reqs.sort(key=matched, reverse=True)
+        return reqs
+
+    def _decode_reserve(self, extra: list[Req]) -> int:
+        remaining = sum(min(r.remaining_new_tokens(), _MAX_RESERVE_PER_REQ) for r in self.running + extra)
+        return int(self.new_token_ratio * remaining)
+
+    def _schedule_prefill(self) -> ScheduledBatch | None:
+        budget = self.args.chunked_prefill_size
+        reqs: list[Req] = []
+        takes: list[int] = []
+        if self.chunked is not None:
+            req, self.chunked = self.chunked, None
+            take = self._admit(req, budget, force=True)
+            if take is None:  # decodes hold the memory; they finish or get retracted first
+                self.chunked = req
+                return None
+            reqs.append(req)
+            takes.append(take)
+            budget -= take
+        capacity = self.args.max_running_requests - len(self.running)
+        for req in self._ordered_waiting():
+            if budget <= 0 or len(reqs) >= capacity or self.chunked is not None:
+                break
+            take = self._admit(req, budget, force=not reqs and not self.running, admitted=reqs)
+            if take is None:
+                break
+            self.waiting.remove(req)
+            reqs.append(req)
+            takes.append(take)
+            budget -= take
+        if not reqs:
+            return None
+        return self._build(ForwardMode.EXTEND, reqs, takes)
+
+    def _admit(self, req: Req, budget: int, force: bool, admitted: list[Req] | None = None) -> int | None:
+        """Slots for the next prefill chunk of req (up to budget tokens), or None if memory does not admit it.
+        `force` skips the decode reserve (nothing else would make progress)."""
+        fresh = req.row is None
+        if fresh and not self.kv.assign(req):
+            return None
+        if fresh and req.num_retractions == 0 and not req.is_prefix_job:
+            req.prompt_cached_tokens = min(req.cached_len, len(req.input_ids))
+            self.counters.cache_hit_tokens += req.prompt_cached_tokens
+        need = req.fill_len - req.kv_len
+        take = min(need, budget)
+        reserve = 0 if force else self._decode_reserve((admitted or []) + [req])
+        if self.kv.slots_needed(req, take) + reserve > self.kv.available():
+            if fresh:
+                self.kv.release(req)
+            return None
+        if take < need:
+            self.chunked = req
+        return take
+
+    # -- decode ----------------------------------------------------------------------------------------
+    def _schedule_decode(self) -> ScheduledBatch | None:
+        if not self.running:
+            return None
+        self._make_room_for_decode()
+        if not self.running:
+            return None
+        self.new_token_ratio = max(self.new_token_ratio - _RATIO_DECAY * self.args.schedule_conservativeness,
+                                   _RATIO_MIN * self.args.schedule_conservativeness)
+        return self._build(ForwardMode.DECODE, list(self.running), [1] * len(self.running))
+
+    def _make_room_for_decode(self) -> None:
+        """Evict, then retract the least-advanced requests until every running request fits one more token."""
+        while True:
+            need = sum(self.kv.slots_needed(r, 1) for r in self.running)
+            if need <= self.kv.available():
+                return
+            if len(self.running) == 1:
+                self._finish(self.running[0], FinishReason("abort", message="the KV cache is too small for this "
+                                                           "request; raise --max-total-tokens"))
+                return
+            victim = min(self.running, key=lambda r: (len(r.output_ids), -len(r.input_ids)))
+            self._retract(victim)
+
+    def _retract(self, req: Req) -> None:
+        self.running.remove(req)
+        self.kv.release(req)  # its computed KV goes to the prefix cache, so readmission can reuse it
+        req.state = ReqState.WAITING
+        req.num_retractions += 1
+        self.counters.retractions += 1
+        self.waiting.appendleft(req)
+        self.new_token_ratio = min(self.new_token_ratio + 0.2, 1.0) if self.args.schedule_conservativeness else 0.0
+        logger.debug("retracted %s after %d tokens", req.rid, len(req.output_ids))
+
+    # -- batch building --------------------------------------------------------------------------------
+    def _build(self, mode: ForwardMode, reqs: list[Req], takes: list[int]) -> ScheduledBatch:
+        input_ids: list[int] = []
+        positions: list[int] = []
+        new_slots: list[torch.Tensor] = []
+        sample_rows: list[int] = []
+        for i, (req, take) in enumerate(zip(reqs, takes)):
+            slots = self.kv.extend(req, take) if take else torch.empty(0, dtype=torch.int64)
+            assert slots is not None  # admission/decode made room
+            new_slots.append(slots)
+            fill = req.fill_ids
+            input_ids.extend(fill[req.kv_len : req.kv_len + take])
+            positions.extend(range(req.kv_len, req.kv_len + take))
+            if req.kv_len + take == req.fill_len and not req.is_prefix_job:
+                sample_rows.append(i)
+        # A prefix job whose whole prompt was cached has nothing to run: keep it out of the forward batch.
+        keep = [i for i, t in enumerate(takes) if t > 0]
+        fb = ForwardBatch.build(
+            mode, input_ids, positions,
+            torch.cat([new_slots[i] for i in keep]) if keep else torch.empty(0, dtype=torch.int64),
+            [reqs[i].row for i in keep],  # type: ignore[misc]
+            [reqs[i].kv_len + takes[i] for i in keep], [takes[i] for i in keep],
+            self.runner.table.table, self.runner.device)
+        sampling = self._sampling_batch([reqs[i] for i in sample_rows]) if sample_rows else None
+        # sample_rows index the forward batch's requests (those with tokens this step)
+        pos_in_forward = {i: j for j, i in enumerate(keep)}
+        return ScheduledBatch(mode, reqs, new_slots, [pos_in_forward[i] for i in sample_rows], fb, sampling)
+
+    def _sampling_batch(self, reqs: list[Req]) -> SamplingBatch:
+        rows = [SamplerRow(params=r.params, seed=r.seed, step=len(r.output_ids), prompt_ids=r.input_ids,
+                           output_ids=r.output_ids, eos_ids=r.eos_ids) for r in reqs]
+        return SamplingBatch.build(rows, self.vocab_size, self.runner.device)
+
+    # -- results ---------------------------------------------------------------------------------------
+    def _process(self, batch: ScheduledBatch, result: StepResult) -> None:
+        sampled = iter(range(len(result.next_token_ids)))
+        for req, slots in zip(batch.reqs, batch.new_slots):
+            if slots.numel():
+                self.kv.commit(req, slots)
+            if batch.mode is ForwardMode.EXTEND:
+                self.counters.prompt_tokens += int(slots.numel())
+            if req is self.chunked:
+                continue  # more chunks to go
+            if req.is_prefix_job:
+                if req.kv_len == req.fill_len:
+                    self._share_prefix(req)
+                continue
+            j = next(sampled)
+            if req.state is ReqState.WAITING:
+                req.state = ReqState.RUNNING
+                self.running.append(req)
+            self._append_token(req, result, j)
+
+    def _share_prefix(self, job: Req) -> None:
+        group = job.group
+        shared = SharedPrefix(holder=job, length=job.kv_len, refs=len(group.reqs))
+        for child in reversed(group.reqs):
+            child.shared = shared
+            self.waiting.appendleft(child)
+
+    def _append_token(self, req: Req, result: StepResult, j: int) -> None:
+        tok = result.next_token_ids[j]
+        req.output_ids.append(tok)
+        self.counters.generation_tokens += 1
+        if req.logprobs is not None and result.logprobs is not None:
+            top: list[tuple[int, float]] = []
+            if req.params.top_logprobs and result.top_logprob_ids is not None and result.top_logprob_vals:
+                k = req.params.top_logprobs
+                top = list(zip(result.top_logprob_ids[j][:k], result.top_logprob_vals[j][:k]))
+            req.logprobs.append(TokenLogprob(tok, result.logprobs[j], top))
+        reason = self._stop_reason(req, tok)
+        if reason is not None:
+            self._finish(req, reason)
+        else:
+            self._emit(req)
+
+    def _stop_reason(self, req: Req, tok: int) -> FinishReason | None:
+        p = req.params
+        can_stop = len(req.output_ids) >= p.min_new_tokens
+        if can_stop and (tok in p.stop_token_ids or (not p.ignore_eos and tok in req.eos_ids)):
+            return FinishReason("stop", matched=tok)
+        assert req.detok is not None
+        prev = len(req.text)
+        req.text += req.detok.push([tok])
+        if can_stop and req.stop_matcher is not None:
+            hit = req.stop_matcher.find(req.text, prev)
+            if hit is not None:
+                req.text = req.text[: hit[0]]
+                return FinishReason("stop", matched=hit[1])
+        if len(req.output_ids) >= p.max_new_tokens or req.fill_len >= self.context_length:
+            return FinishReason("length")
+        return None
+
+    def _emit(self, req: Req) -> None:
+        req.group.queue.put_nowait(make_output(req))
+
+    def _finish(self, req: Req, reason: FinishReason) -> None:
+        if req.state is ReqState.FINISHED:
+            return
+        if req in self.running:
+            self.running.remove(req)
+        if reason.type != "stop" or not isinstance(reason.matched, str):
+            assert req.detok is not None
+            req.text += req.detok.finish()
+        self.kv.release(req)
+        if req.shared is not None:
+            self.kv.drop_shared(req.shared)
+        req.state = ReqState.FINISHED
+        req.finish_reason = reason
+        self.counters.finished += 1
+        group = req.group
+        group.num_finished += 1
+        self._emit(req)
+        if group.finished:
+            self.groups.pop(group.rid, None)
+
+    # -- aborts and failures ---------------------------------------------------------------------------
+    def _apply_aborts(self) -> None:
+        for rid in list(self.pending_aborts):
+            group = self.groups.get(rid)
+            if group is not None:
+                self._abort_group(group, "aborted by the client")
+        self.pending_aborts.clear()
+
+    def _abort_group(self, group: RequestGroup, message: str) -> None:
+        group.aborted = True
+        if self.chunked is not None and self.chunked.group is group:
+            self.chunked = None
+        job = group.prefix_job
+        for req in ([job] if job else []) + group.reqs:
+            if req in self.waiting:
+                self.waiting.remove(req)
+        if job is not None and not any(r.shared for r in group.reqs):
+            self.kv.release(job)  # its samples never started; once they have, the last one releases it
+        for req in group.reqs:
+            self._finish(req, FinishReason("abort", message=message))
+
+    def _fail_batch(self, batch: ScheduledBatch, message: str) -> None:
+        for req in batch.reqs:
+            if req.group.rid in self.groups:
+                self._abort_group(req.group, message)

@@ -1,0 +1,127 @@
+"""The Llama family: Llama 2/3/3.1/3.2, SmolLM2, TinyLlama, Mistral, Qwen2 (qkv bias), Qwen3 (q/k RMSNorm).
+
+One module reads like the architecture: embedding -> N x (RMSNorm, GQA attention with RoPE, RMSNorm, SwiGLU MLP)
+-> RMSNorm -> LM head (optionally tied to the embedding). q/k/v and gate/up are merged into single matmuls;
+`load_weights` maps the checkpoint's separate tensors onto their shards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from lite_srt import kernels
+from lite_srt.engine.forward_batch import ForwardBatch
+from lite_srt.layers.attention import PagedAttention
+from lite_srt.layers.rotary import RotaryEmbedding
+from lite_srt.loader.model_config import ModelConfig
+from lite_srt.mem.kv_pool import KVPool
+from lite_srt.models.weights import ShardedParam, WeightMapper
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim), requires_grad=False)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Without residual: (norm(x), x). With residual: residual += x in place, returns (norm(residual), residual)."""
+        if residual is None:
+            return kernels.rmsnorm(x, self.weight, self.eps), x
+        x = x.contiguous()
+        kernels.fused_add_rmsnorm(x, residual, self.weight, self.eps)
+        return x, residual
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_id: int) -> None:
+        super().__init__()
+        self.hq, self.hkv, self.d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        q_size, kv_size = self.hq * self.d, self.hkv * self.d
+        self.qkv_proj = ShardedParam.linear(cfg.hidden_size, {"q": q_size, "k": kv_size, "v": kv_size},
+                                            bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(q_size, cfg.hidden_size, bias=False)
+        self.q_norm = RMSNorm(self.d, cfg.rms_norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(self.d, cfg.rms_norm_eps) if cfg.qk_norm else None
+        self.rotary = RotaryEmbedding(self.d, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
+        self.attn = PagedAttention(layer_id, self.hq, self.hkv, self.d)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch, pool: KVPool) -> torch.Tensor:
+        qkv = self.qkv_proj(x)
+        t = x.shape[0]
+        q, k, v = qkv.split([self.hq * self.d, self.hkv * self.d, self.hkv * self.d], dim=-1)
+        q = q.reshape(t, self.hq, self.d)
+        k = k.reshape(t, self.hkv, self.d)
+        v = v.reshape(t, self.hkv, self.d)
+        if self.q_norm is not None and self.k_norm is not None:
+            q = self.q_norm(q)[0]
+            k = self.k_norm(k)[0]
+        else:
+            q, k = q.contiguous(), k.contiguous()
+        self.rotary(positions, q, k)
+        return self.o_proj(self.attn(q, k, v.contiguous(), batch, pool))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        inter = cfg.intermediate_size
+        self.gate_up_proj = ShardedParam.linear(cfg.hidden_size, {"gate": inter, "up": inter}, bias=False)
+        self.down_proj = nn.Linear(inter, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_id: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, layer_id)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None, batch: ForwardBatch,
+                pool: KVPool) -> tuple[torch.Tensor, torch.Tensor]:
+        h, residual = self.input_layernorm(x, residual)
+        h = self.self_attn(h, batch.positions, batch, pool)
+        h, residual = self.post_attention_layernorm(h, residual)
+        return self.mlp(h), residual
+
+
+class LlamaForCausalLM(nn.Module):
+    # checkpoint name fragment -> (merged parameter name fragment, shard)
+    stacked_params = {
+        "q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),
+        "gate_proj": ("gate_up_proj", "gate"), "up_proj": ("gate_up_proj", "up"),
+    }
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, batch: ForwardBatch, pool: KVPool) -> torch.Tensor:
+        """Logits (float32) of each request's last token in the batch: [B, vocab]."""
+        x = self.embed_tokens(batch.input_ids)
+        residual: torch.Tensor | None = None
+        for layer in self.layers:
+            x, residual = layer(x, residual, batch, pool)
+        idx = batch.logits_indices
+        assert residual is not None  # at least one layer ran
+        h, _ = self.norm(x[idx], residual[idx])
+        head = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return torch.matmul(h, head.t()).float()
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        mapper = WeightMapper(self, self.stacked_params, hf_prefix="model.")
+        mapper.load_all(weights)
+        mapper.check_complete(optional={"lm_head.weight"} if self.lm_head is None else set())
