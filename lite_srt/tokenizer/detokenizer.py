@@ -1,0 +1,116 @@
+"""Streaming text from token ids: an incremental detokenizer and a stop-string matcher.
+
+Both are per-request objects owned by the scheduler coroutine on the event-loop thread; nothing else touches
+them. They keep only small windows of state, so the work per generated token does not grow with the output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from lite_srt.errors import InvalidRequestError
+
+REPLACEMENT_CHAR = "\ufffd"
+# A token stream whose text still ends in U+FFFD after this many undecided tokens is not an unfinished UTF-8
+# character (one needs at most 3 more bytes, i.e. 3 byte tokens): the model produced invalid bytes, so emit them.
+MAX_PENDING_TOKENS = 8
+
+
+class _Decoder(Protocol):
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
+
+
+class IncrementalDetokenizer:
+    """Turns a stream of token ids into text, emitting each character once it is final.
+
+    Text is decoded over a small window: `ids[prefix_offset:read_offset]` has already been emitted and gives
+    context (SentencePiece strips the first token's leading space, so a token decoded alone can differ from the
+    same token decoded after another); `ids[read_offset:]` is pending. A push decodes the window with and without
+    the pending ids and emits the difference, unless it ends in U+FFFD: then the last token ended inside a
+    multi-byte character and the bytes are held until the next token completes it.
+
+    `spaces_between_special_tokens` is accepted for API compatibility (OpenAI/vLLM sampling parameters). Like
+    transformers' fast tokenizers, our backends join special tokens to their neighbours without spaces, so the
+    text always equals `tokenizer.decode(ids, skip_special_tokens)`.
+    """
+
+    def __init__(
+        self,
+        tokenizer: _Decoder,
+        skip_special_tokens: bool = True,
+        spaces_between_special_tokens: bool = True,
+    ) -> None:
+        self._tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+        self.spaces_between_special_tokens = spaces_between_special_tokens
+        self._ids: list[int] = []
+        self._prefix_offset = 0
+        self._read_offset = 0
+        self._prefix_text = ""  # decode(ids[prefix_offset:read_offset])
+        self.text = ""  # everything emitted so far
+
+    def push(self, token_ids: Sequence[int]) -> str:
+        """Add generated ids; return the text that became final (possibly "")."""
+        if not token_ids:
+            return ""
+        self._ids.extend(token_ids)
+        window_text = self._decode(self._ids[self._prefix_offset :])
+        pending = len(self._ids) - self._read_offset
+        if window_text.endswith(REPLACEMENT_CHAR) and pending < MAX_PENDING_TOKENS:
+            return ""
+        return self._emit(window_text)
+
+    def finish(self) -> str:
+        """Emit whatever is held; an incomplete character at the very end becomes U+FFFD, as in decode()."""
+        if self._read_offset == len(self._ids):
+            return ""
+        return self._emit(self._decode(self._ids[self._prefix_offset :]))
+
+    def _emit(self, window_text: str) -> str:
+        delta = window_text[len(self._prefix_text) :]
+        # The emitted window becomes the next context; it starts and ends on character boundaries.
+        self._prefix_offset, self._read_offset = self._read_offset, len(self._ids)
+        self._prefix_text = self._decode(self._ids[self._prefix_offset :])
+        self.text += delta
+        return delta
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens) if ids else ""
+
+
+class StopStringMatcher:
+    """Finds stop strings in generated text and says how much trailing text a stream must hold back."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        if isinstance(stops, str):
+            stops = [stops]
+        for s in stops:
+            if not isinstance(s, str) or not s:
+                raise InvalidRequestError(f"stop strings must be non-empty strings, got {s!r}", param="stop")
+        self.stops: tuple[str, ...] = tuple(dict.fromkeys(stops))
+        self.max_len = max((len(s) for s in self.stops), default=0)
+
+    def find(self, text: str, start: int = 0) -> tuple[int, str] | None:
+        """The earliest stop string in `text` that ends after `start`, as (position, stop); None if none.
+
+        Pass the text length before the latest delta as `start`: matches lying wholly before it were already
+        checked, so only the last `max_len - 1` old characters plus the new ones are searched. At equal
+        positions the stop listed first wins.
+        """
+        best: tuple[int, str] | None = None
+        for s in self.stops:
+            pos = text.find(s, max(0, start - len(s) + 1))
+            if pos >= 0 and (best is None or pos < best[0]):
+                best = (pos, s)
+        return best
+
+    def holdback(self, text: str) -> int:
+        """How many trailing characters of `text` are a proper prefix of some stop string (0 if none)."""
+        held = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(text)), held, -1):
+                if text.endswith(s[:k]):
+                    held = k
+                    break
+        return held
