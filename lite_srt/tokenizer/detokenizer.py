@@ -12,9 +12,10 @@ from typing import Protocol
 from lite_srt.errors import InvalidRequestError
 
 REPLACEMENT_CHAR = "\ufffd"
-# A token stream whose text still ends in U+FFFD after this many undecided tokens is not an unfinished UTF-8
-# character (one needs at most 3 more bytes, i.e. 3 byte tokens): the model produced invalid bytes, so emit them.
-MAX_PENDING_TOKENS = 8
+# The decode window grows while every token boundary in it falls inside a multi-byte character (or the model
+# emits invalid bytes). Past this many tokens the window is closed anyway, accepting U+FFFD for a character that
+# is still open, so a degenerate stream cannot make each step cost O(output length).
+MAX_WINDOW_TOKENS = 32
 
 
 class _Decoder(Protocol):
@@ -24,11 +25,13 @@ class _Decoder(Protocol):
 class IncrementalDetokenizer:
     """Turns a stream of token ids into text, emitting each character once it is final.
 
-    Text is decoded over a small window: `ids[prefix_offset:read_offset]` has already been emitted and gives
-    context (SentencePiece strips the first token's leading space, so a token decoded alone can differ from the
-    same token decoded after another); `ids[read_offset:]` is pending. A push decodes the window with and without
-    the pending ids and emits the difference, unless it ends in U+FFFD: then the last token ended inside a
-    multi-byte character and the bytes are held until the next token completes it.
+    Text is decoded over a small window `ids[prefix_offset:]`. Its first part, `ids[prefix_offset:read_offset]`,
+    was emitted by the previous window and is there for context: SentencePiece drops the first token's leading
+    space, so a token decoded alone can differ from the same token decoded after another. The window closes (its
+    end becomes the next window's start) when its text ends on a complete character. While it ends in U+FFFD --
+    the last token stopped inside a multi-byte character -- the text before that tail is emitted and the tail is
+    held until a later token completes it. Window starts are always character boundaries, so the emitted text is
+    exactly `tokenizer.decode(all_ids)`.
 
     `spaces_between_special_tokens` is accepted for API compatibility (OpenAI/vLLM sampling parameters). Like
     transformers' fast tokenizers, our backends join special tokens to their neighbours without spaces, so the
@@ -47,7 +50,7 @@ class IncrementalDetokenizer:
         self._ids: list[int] = []
         self._prefix_offset = 0
         self._read_offset = 0
-        self._prefix_text = ""  # decode(ids[prefix_offset:read_offset])
+        self._emitted = 0  # characters of decode(ids[prefix_offset:]) already emitted
         self.text = ""  # everything emitted so far
 
     def push(self, token_ids: Sequence[int]) -> str:
@@ -55,24 +58,28 @@ class IncrementalDetokenizer:
         if not token_ids:
             return ""
         self._ids.extend(token_ids)
-        window_text = self._decode(self._ids[self._prefix_offset :])
-        pending = len(self._ids) - self._read_offset
-        if window_text.endswith(REPLACEMENT_CHAR) and pending < MAX_PENDING_TOKENS:
-            return ""
-        return self._emit(window_text)
+        window = self._decode(self._ids[self._prefix_offset :])
+        if not window.endswith(REPLACEMENT_CHAR) or len(self._ids) - self._prefix_offset > MAX_WINDOW_TOKENS:
+            return self._close_window(window)
+        # Everything before the trailing U+FFFD run is final: later bytes can only change the open character.
+        return self._take(window, len(window.rstrip(REPLACEMENT_CHAR)))
 
     def finish(self) -> str:
         """Emit whatever is held; an incomplete character at the very end becomes U+FFFD, as in decode()."""
         if self._read_offset == len(self._ids):
             return ""
-        return self._emit(self._decode(self._ids[self._prefix_offset :]))
+        return self._close_window(self._decode(self._ids[self._prefix_offset :]))
 
-    def _emit(self, window_text: str) -> str:
-        delta = window_text[len(self._prefix_text) :]
-        # The emitted window becomes the next context; it starts and ends on character boundaries.
-        self._prefix_offset, self._read_offset = self._read_offset, len(self._ids)
-        self._prefix_text = self._decode(self._ids[self._prefix_offset :])
+    def _take(self, window: str, end: int) -> str:
+        delta = window[self._emitted : end]
+        self._emitted = max(self._emitted, end)
         self.text += delta
+        return delta
+
+    def _close_window(self, window: str) -> str:
+        delta = self._take(window, len(window))
+        self._prefix_offset, self._read_offset = self._read_offset, len(self._ids)
+        self._emitted = len(self._decode(self._ids[self._prefix_offset :]))
         return delta
 
     def _decode(self, ids: Sequence[int]) -> str:
