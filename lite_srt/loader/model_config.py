@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lite_srt.errors import MissingFileError, ModelLoadError, UnsupportedArchitectureError
+from lite_srt.loader.gguf_loader import GGUFFile
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 _DTYPES = {
@@ -234,8 +235,6 @@ def _eos_union(*values: Any) -> tuple[int, ...]:
 
 def config_from_gguf(path: str) -> ModelConfig:
     """Hyperparameters from GGUF metadata (`{arch}.block_count` etc.); dtype is float32 after dequantization."""
-    from lite_srt.loader.gguf_loader import GGUFFile
-
     g = GGUFFile.open(path)
     arch = g.architecture
     if arch not in _GGUF_ARCHS:
@@ -273,7 +272,7 @@ def config_from_gguf(path: str) -> ModelConfig:
     )
 
 
-def _gguf_rope_scaling(g: Any, arch: str, head_dim: int, theta: float) -> dict | None:
+def _gguf_rope_scaling(g: GGUFFile, arch: str, head_dim: int, theta: float) -> dict | None:
     """HF-style rope scaling from `{arch}.rope.scaling.*`, or llama3 parameters fitted to a `rope_freqs` tensor."""
     kind = g.value(f"{arch}.rope.scaling.type", None)
     if kind not in (None, "none"):
@@ -319,11 +318,11 @@ def llama3_scaling_from_freq_factors(
         high = low + orig / slope
     else:  # no smooth band: the divisors only say where factor starts; Llama 3's defaults fit that
         low, high = 1.0, 4.0
-    scaling = {
+    scaling = {  # rounded: the divisors are float32, so the fit carries ~1e-7 noise
         "rope_type": "llama3",
-        "factor": factor,
-        "low_freq_factor": low,
-        "high_freq_factor": high,
+        "factor": round(factor, 4),
+        "low_freq_factor": round(low, 4),
+        "high_freq_factor": round(high, 4),
         "original_max_position_embeddings": orig,
     }
     if not _llama3_matches(scaling, wavelens, factors):
