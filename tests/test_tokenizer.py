@@ -390,3 +390,44 @@ def test_gguf_without_tokenizer_metadata_is_rejected(tmp_path) -> None:
     w.close()
     with pytest.raises(TokenizerError, match="novocab.gguf.*no tokenizer"):
         load_tokenizer(path)
+
+
+# --- byte-level pre-tokenizers by llama.cpp name ---------------------------------------------------------------
+
+PRE_SAMPLE = "I'm 12345 中文abc!!\n\n  x\tY'LL be 3.14159 ok"
+
+
+@pytest.mark.parametrize("name", ["llama-bpe", "qwen2", "gpt-4o", "smollm", "gpt2"])
+def test_pre_tokenizer_splits_like_transformers_gguf_converter(name: str) -> None:
+    from tokenizers import Regex, pre_tokenizers
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS as HF_SPLITS
+
+    from lite_srt.tokenizer.gguf_vocab import byte_level_pre_tokenizer
+
+    if name in HF_SPLITS:
+        ref = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(HF_SPLITS[name]), "isolated"),
+                pre_tokenizers.ByteLevel(False, use_regex=False),
+            ]
+        )
+    else:  # transformers keeps GPT-2's own regex for names it does not list
+        ref = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    ours = byte_level_pre_tokenizer(name)
+    assert [t for t, _ in ours.pre_tokenize_str(PRE_SAMPLE)] == [
+        t for t, _ in ref.pre_tokenize_str(PRE_SAMPLE)
+    ]
+
+
+def test_pre_tokenizer_digit_rules_and_unknown_fallback(caplog) -> None:
+    from lite_srt.tokenizer.gguf_vocab import byte_level_pre_tokenizer
+
+    def pieces(name: str) -> list[str]:
+        return [t for t, _ in byte_level_pre_tokenizer(name).pre_tokenize_str("x 12345 中文abc")]
+
+    assert "123" in pieces("llama3") and "45" in pieces("llama3")  # numbers in groups of three
+    assert {"1", "2", "3", "4", "5"} <= set(pieces("qwen2"))  # one digit per piece
+    assert "ä¸Ńæĸĩ" in pieces("deepseek-v3")  # CJK run split from the Latin letters after it
+    with caplog.at_level("WARNING"):
+        assert pieces("no-such-pre") == pieces("gpt2")
+    assert "no-such-pre" in caplog.text

@@ -253,7 +253,7 @@ def _spm_backend(meta: dict[str, Any], tokens: list[str], types: list[int], path
     if scores is None or len(scores) != len(tokens):
         raise TokenizerError(f"{path}: a 'llama' vocabulary needs tokenizer.ggml.scores (one per token)")
     vocab = {tok: i for i, tok in enumerate(tokens)}
-    unk_id = meta.get("tokenizer.ggml.unknown_token_id")
+    unk_id = _token_id(meta, "unknown_token_id", len(tokens), path)
     model = BPE(
         vocab=vocab,
         merges=_spm_merges(tokens, scores, types),
