@@ -99,8 +99,7 @@ class SamplingBatch:
     all_greedy: bool
     stochastic: _StochasticRows | None  # None when every row is greedy
     penalties: _Penalties | None  # None when no row uses a penalty (fast path)
-    ban_rows: torch.Tensor | None  # [M] int64 with ban_tokens: (row, token) pairs forced to -inf
-    ban_tokens: torch.Tensor | None  # [M] int64
+    banned: torch.Tensor | None  # [M] int64 flat indices row * V + token forced to -inf (min_new_tokens)
     return_logprobs: bool
     top_logprobs: int  # K of the batch (0 = none)
 
@@ -109,7 +108,7 @@ class SamplingBatch:
         if not rows:
             raise ValueError("SamplingBatch.build: the batch has no rows")
         greedy = [_is_greedy(r.params) for r in rows]
-        ban_rows, ban_tokens = _min_token_bans(rows, vocab_size)
+        banned = _min_token_bans(rows, vocab_size)
         top_logprobs = max(r.params.top_logprobs for r in rows)
         return cls(
             batch_size=len(rows),
@@ -118,8 +117,7 @@ class SamplingBatch:
             all_greedy=all(greedy),
             stochastic=_build_stochastic(rows, greedy, vocab_size, device),
             penalties=_build_penalties(rows, vocab_size, device),
-            ban_rows=torch.tensor(ban_rows, dtype=torch.int64, device=device) if ban_rows else None,
-            ban_tokens=torch.tensor(ban_tokens, dtype=torch.int64, device=device) if ban_rows else None,
+            banned=torch.tensor(banned, dtype=torch.int64, device=device) if banned else None,
             return_logprobs=top_logprobs > 0 or any(r.params.logprobs for r in rows),
             top_logprobs=top_logprobs,
         )
@@ -127,7 +125,7 @@ class SamplingBatch:
     @property
     def adjusts_logits(self) -> bool:
         """Whether penalties or min-token bans change the logits before selection."""
-        return self.penalties is not None or self.ban_rows is not None
+        return self.penalties is not None or self.banned is not None
 
 
 def _is_greedy(p: SamplingParams) -> bool:
@@ -227,24 +225,23 @@ def _count_tokens(id_lists: Sequence[Sequence[int]], vocab_size: int, device: to
     return counts.view(n, vocab_size)
 
 
-def _min_token_bans(rows: Sequence[SamplerRow], vocab_size: int) -> tuple[list[int], list[int]]:
-    """(row, token) pairs to force to -inf: EOS (unless ignore_eos) and stop_token_ids before min_new_tokens.
+def _min_token_bans(rows: Sequence[SamplerRow], vocab_size: int) -> list[int]:
+    """Flat logit indices (row * V + token) to force to -inf: EOS (unless ignore_eos) and stop_token_ids
+    while min_new_tokens is not reached.
 
     Ids outside the vocabulary can never be sampled, so they need no mask and are skipped.
     """
-    ban_rows: list[int] = []
-    ban_tokens: list[int] = []
+    banned: list[int] = []
     for i, r in enumerate(rows):
         if len(r.output_ids) >= r.params.min_new_tokens:
             continue
-        banned = set(r.params.stop_token_ids)
+        tokens = set(r.params.stop_token_ids)
         if not r.params.ignore_eos:
-            banned |= r.eos_ids
-        for t in sorted(banned):
+            tokens |= r.eos_ids
+        for t in sorted(tokens):
             if 0 <= t < vocab_size:
-                ban_rows.append(i)
-                ban_tokens.append(t)
-    return ban_rows, ban_tokens
+                banned.append(i * vocab_size + t)
+    return banned
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -317,8 +314,9 @@ def process_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     """float32 logits after penalties and min_new_tokens bans: what greedy takes the argmax of and what
     temperature and filters then act on. Always a new tensor."""
     out = apply_penalties(logits, batch)
-    if batch.ban_rows is not None:
-        out.index_put_((batch.ban_rows, batch.ban_tokens), torch.tensor(float("-inf"), device=out.device))
+    if batch.banned is not None:
+        # index_fill_ passes the value as a kernel argument; index_put_ would copy it to the device and sync.
+        out.view(-1).index_fill_(0, batch.banned, float("-inf"))
     return out
 
 
