@@ -95,7 +95,6 @@ class SamplingBatch:
 
     batch_size: int
     vocab_size: int
-    greedy: torch.Tensor  # [B] bool
     all_greedy: bool
     stochastic: _StochasticRows | None  # None when every row is greedy
     penalties: _Penalties | None  # None when no row uses a penalty (fast path)
@@ -113,7 +112,6 @@ class SamplingBatch:
         return cls(
             batch_size=len(rows),
             vocab_size=vocab_size,
-            greedy=torch.tensor(greedy, dtype=torch.bool, device=device),
             all_greedy=all(greedy),
             stochastic=_build_stochastic(rows, greedy, vocab_size, device),
             penalties=_build_penalties(rows, vocab_size, device),
