@@ -12,13 +12,17 @@ scheduler); the GPU/forward thread never calls it. No locks.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
-
-_I64 = torch.int64
 
 
 class KVAllocator:
-    """Hands out whole pages of slots in [0, num_slots); the free pages are a tensor stack (no per-slot loops)."""
+    """Hands out whole pages of slots in [0, num_slots).
+
+    The bookkeeping is numpy (a stack of free pages plus a per-page free flag): one op costs about a
+    microsecond where a torch op costs several, and nothing loops over slots in Python. Slot ids cross the
+    API as int64 CPU tensors that never alias the internal arrays.
+    """
 
     def __init__(self, num_slots: int, page_size: int) -> None:
         if page_size < 1:
@@ -30,15 +34,16 @@ class KVAllocator:
         self.page_size = page_size
         self.num_slots = num_slots
         self.num_pages = num_slots // page_size
-        self._page_offsets = torch.arange(page_size, dtype=_I64)
+        self._page_offsets = np.arange(page_size, dtype=np.int64)
+        self._stamp = np.zeros(self.num_pages, dtype=np.int64)  # scratch for sort-free dedup in free()
         self.reset()
 
     def reset(self) -> None:
         """Mark every page free (the caller guarantees nobody still holds slots)."""
         # Stored reversed so that popping from the top hands out low pages first on a fresh pool.
-        self._free_pages = torch.arange(self.num_pages - 1, -1, -1, dtype=_I64)
+        self._free_pages = np.arange(self.num_pages - 1, -1, -1, dtype=np.int64)
         self._num_free = self.num_pages
-        self._page_is_free = torch.ones(self.num_pages, dtype=torch.bool)
+        self._page_is_free = np.ones(self.num_pages, dtype=bool)
 
     @property
     def available_slots(self) -> int:
@@ -59,19 +64,42 @@ class KVAllocator:
             raise ValueError(f"KVAllocator.alloc: n must be >= 0, got {n}")
         if last_slot < -1 or last_slot >= self.num_slots:
             raise ValueError(f"KVAllocator.alloc: last_slot {last_slot} is outside [-1, {self.num_slots})")
-        in_page = 0 if last_slot < 0 else min(n, self.page_size - 1 - last_slot % self.page_size)
-        head = torch.arange(last_slot + 1, last_slot + 1 + in_page, dtype=_I64)
-        need_pages = -(-(n - in_page) // self.page_size)
+        p = self.page_size
+        in_page = 0 if last_slot < 0 else min(n, p - 1 - last_slot % p)
+        need_pages = -(-(n - in_page) // p)
         if need_pages > self._num_free:
             return None
+        head = np.arange(last_slot + 1, last_slot + 1 + in_page, dtype=np.int64)
         if need_pages == 0:
-            return head
+            return torch.from_numpy(head)
+        pages = self._take_pages(need_pages)
+        tail = pages if p == 1 else (pages[:, None] * p + self._page_offsets).reshape(-1)[: n - in_page]
+        return torch.from_numpy(np.concatenate((head, tail)) if in_page else tail)
+
+    def alloc_next(self, last_slots: torch.Tensor) -> torch.Tensor | None:
+        """One slot each for the next position of many requests (a decode step), given their last slots.
+
+        Same rule as alloc(1, last_slot) per request, in one vectorized call. None (allocating nothing)
+        when there are not enough free pages for all of them.
+        """
+        last = last_slots.detach().to(device="cpu", dtype=torch.int64).numpy().reshape(-1)
+        p = self.page_size
+        new_page = (last < 0) | (last % p == p - 1)
+        need = int(new_page.sum())
+        if need > self._num_free:
+            return None
+        out = last + 1
+        if need:
+            out[new_page] = self._take_pages(need) * p
+        return torch.from_numpy(out)
+
+    def _take_pages(self, k: int) -> np.ndarray:
+        """Pop k free pages (a fresh array, safe to hand out)."""
         top = self._num_free
-        pages = self._free_pages[top - need_pages : top].flip(0)
-        self._num_free -= need_pages
+        pages = self._free_pages[top - k : top][::-1].copy()
+        self._num_free -= k
         self._page_is_free[pages] = False
-        tail = (pages[:, None] * self.page_size + self._page_offsets).reshape(-1)[: n - in_page]
-        return torch.cat((head, tail)) if in_page else tail
+        return pages
 
     def free(self, slots: torch.Tensor) -> None:
         """Free the pages the given slots cover.
@@ -82,23 +110,27 @@ class KVAllocator:
         """
         if slots.numel() == 0:
             return
-        slots = slots.to(device="cpu", dtype=_I64).reshape(-1)
-        lo, hi = int(slots.min()), int(slots.max())
+        s = slots.detach().to(device="cpu", dtype=torch.int64).numpy().reshape(-1)
+        lo, hi = int(s.min()), int(s.max())
         if lo < 0 or hi >= self.num_slots:
             raise ValueError(f"KVAllocator.free: slot range [{lo}, {hi}] is outside [0, {self.num_slots})")
-        pages = torch.unique(slots // self.page_size) if self.page_size > 1 else torch.unique(slots)
-        if bool(self._page_is_free[pages].any()):
+        pages = s // self.page_size if self.page_size > 1 else s
+        # Dedup without sorting: each page keeps the index of its last occurrence.
+        idx = np.arange(pages.size, dtype=np.int64)
+        self._stamp[pages] = idx
+        pages = pages[self._stamp[pages] == idx]
+        if self._page_is_free[pages].any():
             bad = pages[self._page_is_free[pages]][:8].tolist()
             raise RuntimeError(f"KVAllocator.free: double free of page(s) {bad} (page_size {self.page_size})")
-        k = pages.numel()
+        k = pages.size
         self._free_pages[self._num_free : self._num_free + k] = pages
         self._num_free += k
         self._page_is_free[pages] = True
 
     def is_free(self, slots: torch.Tensor) -> torch.Tensor:
         """Bool tensor: whether each slot's page is currently free (for integrity checks and tests)."""
-        slots = slots.to(device="cpu", dtype=_I64).reshape(-1)
-        return self._page_is_free[slots // self.page_size]
+        s = slots.detach().to(device="cpu", dtype=torch.int64).numpy().reshape(-1)
+        return torch.from_numpy(self._page_is_free[s // self.page_size])
 
     def __repr__(self) -> str:
         return f"KVAllocator(free={self.available_slots}/{self.num_slots} slots, page_size={self.page_size})"
