@@ -118,7 +118,10 @@ async def _serve(engine: Any, args: ServerArgs, sock: socket.socket) -> None:
     app = build_app(engine, args)
     # handler_cancellation: a client that disconnects cancels its handler, which aborts its request at once
     # (without it, a non-streaming request would keep its KV until it finished).
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=logger.getChild("access"))
+    access_log = (
+        logger.getChild("access") if args.log_level == "debug" else None
+    )  # a line per request is noise
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=access_log)
     await runner.setup()
     site = web.SockSite(runner, sock)
     await site.start()

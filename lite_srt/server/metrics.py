@@ -7,6 +7,7 @@ from stream timings (`RequestTimer`). Touched only from the event-loop thread.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from lite_srt.engine.io import EngineStats
+from lite_srt.errors import LiteSrtError
 
 PREFIX = "lite_srt"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -26,34 +28,40 @@ class _EngineCollector(Collector):
     def __init__(self, stats: Callable[[], EngineStats]) -> None:
         self._stats = stats
 
+    def describe(self) -> Iterator[Metric]:
+        # Called at registration, before the engine runs: describe with zeros instead of asking the engine.
+        return _engine_families(EngineStats(*[0] * len(dataclasses.fields(EngineStats))))
+
     def collect(self) -> Iterator[Metric]:
-        s = self._stats()
+        try:
+            s = self._stats()
+        except LiteSrtError:  # the engine stopped (shutdown): the server's own metrics still scrape
+            return iter(())
+        return _engine_families(s)
 
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            return GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
 
-        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-            return CounterMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+def _engine_families(s: EngineStats) -> Iterator[Metric]:
+    def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+        return GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
 
-        yield gauge("num_running_requests", "Requests decoding or prefilling now", s.num_running)
-        yield gauge("num_queued_requests", "Requests waiting to be scheduled", s.num_waiting)
-        yield gauge("kv_total_tokens", "KV pool capacity in tokens", s.kv_total_tokens)
-        yield gauge(
-            "kv_used_tokens", "KV slots owned by requests or held by the prefix cache", s.kv_used_tokens
-        )
-        yield gauge("kv_cached_tokens", "KV slots held by the prefix cache", s.kv_cached_tokens)
-        yield gauge(
-            "kv_usage_ratio", "kv_used_tokens / kv_total_tokens", s.kv_used_tokens / max(1, s.kv_total_tokens)
-        )
-        hit = s.cache_hit_tokens_total / s.prompt_tokens_total if s.prompt_tokens_total else 0.0
-        yield gauge("cache_hit_rate", "Share of prompt tokens served from the prefix cache", hit)
-        yield counter("prompt_tokens", "Prompt tokens processed", s.prompt_tokens_total)
-        yield counter("generation_tokens", "Tokens generated", s.generation_tokens_total)
-        yield counter(
-            "cache_hit_tokens", "Prompt tokens served from the prefix cache", s.cache_hit_tokens_total
-        )
-        yield counter("retractions", "Requests retracted when decode ran out of KV", s.num_retractions_total)
-        yield counter("finished_requests", "Requests finished by the engine", s.num_finished_total)
+    def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+        return CounterMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+
+    yield gauge("num_running_requests", "Requests decoding or prefilling now", s.num_running)
+    yield gauge("num_queued_requests", "Requests waiting to be scheduled", s.num_waiting)
+    yield gauge("kv_total_tokens", "KV pool capacity in tokens", s.kv_total_tokens)
+    yield gauge("kv_used_tokens", "KV slots owned by requests or held by the prefix cache", s.kv_used_tokens)
+    yield gauge("kv_cached_tokens", "KV slots held by the prefix cache", s.kv_cached_tokens)
+    yield gauge(
+        "kv_usage_ratio", "kv_used_tokens / kv_total_tokens", s.kv_used_tokens / max(1, s.kv_total_tokens)
+    )
+    hit = s.cache_hit_tokens_total / s.prompt_tokens_total if s.prompt_tokens_total else 0.0
+    yield gauge("cache_hit_rate", "Share of prompt tokens served from the prefix cache", hit)
+    yield counter("prompt_tokens", "Prompt tokens processed", s.prompt_tokens_total)
+    yield counter("generation_tokens", "Tokens generated", s.generation_tokens_total)
+    yield counter("cache_hit_tokens", "Prompt tokens served from the prefix cache", s.cache_hit_tokens_total)
+    yield counter("retractions", "Requests retracted when decode ran out of KV", s.num_retractions_total)
+    yield counter("finished_requests", "Requests finished by the engine", s.num_finished_total)
 
 
 @dataclass
