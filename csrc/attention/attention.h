@@ -1,0 +1,17 @@
+// Launchers of the paged attention kernels (decode.cu, extend.cu).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "../kernel_args.h"
+
+namespace lite_srt {
+
+// Scratch bytes launch_decode_attention needs for its split-K partials (0 when it does not split).
+int64_t decode_attention_workspace_bytes(const AttentionArgs& a);
+void launch_decode_attention(const AttentionArgs& a, void* workspace, cudaStream_t stream);
+void launch_extend_attention(const AttentionArgs& a, cudaStream_t stream);
+
+}  // namespace lite_srt

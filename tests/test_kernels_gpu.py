@@ -1,0 +1,168 @@
+"""CUDA kernels of lite_srt._C against the float32 torch reference, on fresh random inputs with poisoned outputs.
+
+Runs only on a GPU machine (marked `gpu`; skipped without CUDA or without a CUDA build of lite_srt._C).
+Tolerance as for bf16/fp16: max error relative to the output's magnitude <= 1e-2; NaN never passes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lite_srt.kernels import reference as ref
+
+pytestmark = pytest.mark.gpu
+if not torch.cuda.is_available():
+    pytest.skip("CUDA is not available on this machine", allow_module_level=True)
+_C = pytest.importorskip("lite_srt._C", reason="lite_srt._C is not built")
+if not getattr(_C, "has_cuda", False):
+    pytest.skip(
+        "lite_srt._C was built without CUDA (torch had no CUDA at build time)", allow_module_level=True
+    )
+
+DEV = "cuda"
+HALF_TYPES = [torch.bfloat16, torch.float16]
+
+
+def assert_close_rel(out: torch.Tensor, expected: torch.Tensor, tol: float = 1e-2) -> None:
+    out, expected = out.float(), expected.float()
+    assert not torch.isnan(out).any(), "kernel left NaN (unwritten or poisoned) elements"
+    err = ((out - expected).abs().max() / expected.abs().max().clamp_min(1e-6)).item()
+    assert err <= tol, f"max relative error {err:.3g} > {tol}"
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def make_table(seq_lens: list[int], s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, cols = len(seq_lens) + 1, max(seq_lens) + 3
+    table = torch.full((rows, cols), -7, dtype=torch.int32)
+    perm = torch.randperm(s)
+    row_ids = torch.randperm(rows)[: len(seq_lens)]
+    used = 0
+    for row, n in zip(row_ids.tolist(), seq_lens, strict=True):
+        table[row, :n] = perm[used : used + n].int()
+        used += n
+    return table.to(DEV), row_ids.to(DEV)
+
+
+@pytest.mark.parametrize("dtype", HALF_TYPES)
+@pytest.mark.parametrize("hq,hkv,d", [(32, 8, 128), (9, 3, 64), (8, 8, 128), (64, 4, 64)])
+@pytest.mark.parametrize(
+    "seq_lens",
+    [[1], [17], [4096], [32768], [1, 17, 4096, 300, 65], [17] * 256, [1] * 256, [2048] * 64],
+    ids=["b1c1", "b1c17", "b1c4k", "b1c32k", "ragged", "b256c17", "b256c1", "b64c2k"],
+)
+def test_decode_attention_cuda_matches_reference(dtype, hq, hkv, d, seq_lens) -> None:
+    s = sum(seq_lens) + 9
+    k_cache = torch.randn(s, hkv, d, device=DEV, dtype=dtype)
+    v_cache = torch.randn(s, hkv, d, device=DEV, dtype=dtype)
+    table, rows = make_table(seq_lens, s)
+    lens = torch.tensor(seq_lens, device=DEV)
+    q = torch.randn(len(seq_lens), hq, d, device=DEV, dtype=dtype)
+    out = torch.full_like(q, float("nan"))
+    scale = 1 / math.sqrt(d)
+    _C.decode_attention_cuda(out, q, k_cache, v_cache, table, rows, lens, scale)
+    expected = ref.decode_attention(q.float(), k_cache.float(), v_cache.float(), table, rows, lens, scale)
+    assert_close_rel(out, expected)
+
+
+@pytest.mark.parametrize("dtype", [*HALF_TYPES, torch.float32])
+@pytest.mark.parametrize("hq,hkv,d", [(32, 8, 128), (9, 3, 64)])
+@pytest.mark.parametrize(
+    "ext,prefix",
+    [
+        ([17], [0]),
+        ([1, 300, 64, 65], [0, 0, 0, 0]),
+        ([5, 70, 1, 33, 129], [0, 17, 300, 64, 4000]),
+        ([4096], [0]),
+        ([100], [32000]),
+    ],
+    ids=["one", "ragged-no-prefix", "ragged-prefix", "4k", "prefix-32k"],
+)
+def test_extend_attention_cuda_matches_reference(dtype, hq, hkv, d, ext, prefix) -> None:
+    seq_lens = [e + p for e, p in zip(ext, prefix, strict=True)]
+    s = sum(seq_lens) + 5
+    k_cache = torch.randn(s, hkv, d, device=DEV, dtype=dtype)
+    v_cache = torch.randn(s, hkv, d, device=DEV, dtype=dtype)
+    table, rows = make_table(seq_lens, s)
+    starts = torch.tensor([0, *torch.tensor(ext).cumsum(0)[:-1].tolist()], device=DEV)
+    q = torch.randn(sum(ext), hq, d, device=DEV, dtype=dtype)
+    lens, ext_t = torch.tensor(seq_lens, device=DEV), torch.tensor(ext, device=DEV, dtype=torch.int32)
+    out = torch.full_like(q, float("nan"))
+    scale = 1 / math.sqrt(d)
+    _C.extend_attention_cuda(out, q, k_cache, v_cache, table, rows, lens, ext_t, starts, scale)
+    expected = ref.extend_attention(
+        q.float(), k_cache.float(), v_cache.float(), table, rows, lens, ext_t, starts, scale
+    )
+    assert_close_rel(out, expected)
+
+
+@pytest.mark.parametrize("dtype", HALF_TYPES)
+@pytest.mark.parametrize("shape", [(1, 4096), (256, 576), (7, 100)])
+def test_norms_cuda_match_reference(dtype, shape) -> None:
+    x = torch.randn(shape, device=DEV, dtype=dtype)
+    w = torch.randn(shape[-1], device=DEV, dtype=dtype)
+    out = torch.full_like(x, float("nan"))
+    _C.rmsnorm_cuda(out, x, w, 1e-6)
+    assert_close_rel(out, ref.rmsnorm(x.float(), w.float(), 1e-6))
+    res = torch.randn_like(x)
+    x_ref, res_ref = x.clone(), res.clone()
+    ref.fused_add_rmsnorm(x_ref, res_ref, w, 1e-6)
+    _C.fused_add_rmsnorm_cuda(x, res, w, 1e-6)
+    assert_close_rel(res, res_ref)
+    assert_close_rel(x, ref.rmsnorm(res_ref.float(), w.float(), 1e-6))
+
+
+@pytest.mark.parametrize("dtype", HALF_TYPES)
+@pytest.mark.parametrize("shape", [(1, 2 * 14336), (300, 2 * 1536), (5, 2 * 36)])
+def test_silu_and_mul_cuda_matches_reference(dtype, shape) -> None:
+    x = torch.randn(shape, device=DEV, dtype=dtype)
+    out = torch.full((shape[0], shape[1] // 2), float("nan"), device=DEV, dtype=dtype)
+    _C.silu_and_mul_cuda(out, x)
+    assert_close_rel(out, ref.silu_and_mul(x.float()))
+
+
+@pytest.mark.parametrize("dtype", HALF_TYPES)
+@pytest.mark.parametrize("is_neox", [True, False])
+@pytest.mark.parametrize("hq,hkv,d", [(32, 8, 128), (9, 3, 64)])
+def test_rope_cuda_matches_reference(dtype, is_neox, hq, hkv, d) -> None:
+    t = 77
+    qkv = torch.randn(t, (hq + 2 * hkv) * d, device=DEV, dtype=dtype)
+    q = qkv[:, : hq * d].view(t, hq, d)
+    k = qkv[:, hq * d : (hq + hkv) * d].view(t, hkv, d)
+    inv_freq = 1.0 / 500000.0 ** (torch.arange(0, d, 2, device=DEV, dtype=torch.float32) / d)
+    freqs = torch.outer(torch.arange(8192, device=DEV, dtype=torch.float32), inv_freq)
+    cache = torch.cat((freqs.cos(), freqs.sin()), dim=-1)
+    positions = torch.randint(0, 8192, (t,), device=DEV)
+    q_ref, k_ref = q.float().clone(), k.float().clone()
+    ref.rotary_embedding(positions, q_ref, k_ref, cache, is_neox)
+    _C.rotary_embedding_cuda(positions, q, k, cache, is_neox)
+    assert_close_rel(q, q_ref)
+    assert_close_rel(k, k_ref)
+
+
+@pytest.mark.parametrize("dtype", HALF_TYPES)
+def test_store_kv_cuda_writes_slots_and_skips_padding(dtype) -> None:
+    s, t, hkv, d = 4096, 300, 8, 128
+    k_cache = torch.full((s, hkv, d), float("nan"), device=DEV, dtype=dtype)
+    v_cache = torch.full_like(k_cache, float("nan"))
+    k, v = torch.randn(t, hkv, d, device=DEV, dtype=dtype), torch.randn(t, hkv, d, device=DEV, dtype=dtype)
+    slots = torch.randperm(s, device=DEV)[:t]
+    slots[::7] = -1
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    ref.store_kv(k_ref, v_ref, slots, k, v)
+    _C.store_kv_cuda(k_cache, v_cache, slots, k, v)
+    assert torch.equal(k_cache.isnan(), k_ref.isnan())
+    assert torch.equal(torch.nan_to_num(k_cache), torch.nan_to_num(k_ref))
+    assert torch.equal(torch.nan_to_num(v_cache), torch.nan_to_num(v_ref))
+
+
+def test_cuda_ops_reject_cpu_tensors() -> None:
+    x = torch.randn(4, 64)
+    with pytest.raises(ValueError, match="GPU"):
+        _C.rmsnorm_cuda(torch.empty_like(x), x, torch.randn(64), 1e-6)
