@@ -83,7 +83,7 @@ def test_radix_match_is_truncated_to_page_size(impl):
     assert cache.size == 8  # the 3-token tail was freed
     assert alloc.available_slots == 64 - 8
     assert cache.match_prefix(tokens).length == 8
-    m = cache.match_prefix([0, 1, 2, 3, 4, 5, 99])  # diverges inside the second page
+    m = cache.match_prefix([0, 1, 2, 3, 4, 5, 99, 99])  # diverges inside the second page
     assert m.length == 4 and torch.equal(m.slots, slots[:4])
     assert cache.match_prefix([0, 1, 2]).length == 0
     cache.check_integrity()
@@ -166,6 +166,16 @@ def test_radix_unlock_without_lock_raises(impl):
     m = cache.match_prefix([1, 2, 3])
     with pytest.raises(RuntimeError, match="not locked"):
         cache.unlock(m.handle)
+
+
+def test_radix_lock_of_evicted_handle_raises(impl):
+    alloc, cache = _new(impl, 32, 1)
+    _store(alloc, cache, [1, 2, 3])
+    m = cache.match_prefix([1, 2, 3])
+    assert cache.evict(3) == 3
+    with pytest.raises(RuntimeError):
+        cache.lock(m.handle)
+    cache.check_integrity()
 
 
 def test_radix_check_integrity_detects_corrupted_counter():
