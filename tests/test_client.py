@@ -1,0 +1,101 @@
+"""lite_srt.client.AsyncClient against a real server: typed results, streaming, errors with status + message."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from lite_srt.client import APIError, AsyncClient
+from lite_srt.server.process import ServerProcess
+from lite_srt.server.protocol import ChatCompletionChunk, CompletionChunk, GenerateResult
+
+KEY = "client-key"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    with ServerProcess("--api-key", KEY, "--max-total-tokens", "4096", "--served-model-name", "tiny") as s:
+        yield s
+
+
+@pytest.fixture
+async def client(server: ServerProcess) -> AsyncIterator[AsyncClient]:
+    async with AsyncClient(server.url, api_key=KEY, timeout=120) as c:
+        yield c
+
+
+async def test_generate_returns_typed_result(client: AsyncClient) -> None:
+    out = await client.generate(
+        "Hello, my name is", sampling_params={"max_new_tokens": 5, "ignore_eos": True}
+    )
+    assert isinstance(out, GenerateResult)
+    assert len(out.output_ids) == 5 == out.meta_info.completion_tokens
+    assert out.meta_info.finish_reason is not None and out.meta_info.finish_reason.type == "length"
+    assert out.meta_info.prompt_tokens == len(await client.tokenize("Hello, my name is"))
+
+
+async def test_stream_yields_growing_cumulative_chunks(client: AsyncClient) -> None:
+    chunks = [
+        c
+        async for c in client.stream(
+            "One, two, three,", sampling_params={"max_new_tokens": 6, "ignore_eos": True}
+        )
+    ]
+    assert all(isinstance(c, GenerateResult) for c in chunks)
+    lengths = [len(c.output_ids) for c in chunks]
+    assert lengths == sorted(lengths) and lengths[-1] == 6
+    for a, b in zip(chunks, chunks[1:], strict=False):
+        assert b.output_ids[: len(a.output_ids)] == a.output_ids
+    assert chunks[-1].meta_info.finish_reason is not None
+
+
+async def test_chat_and_complete_with_streaming(client: AsyncClient) -> None:
+    msgs = [{"role": "user", "content": "Say hi."}]
+    full = await client.chat(msgs, model="tiny", max_tokens=6, temperature=0)
+    assert full.model == "tiny" and full.choices[0].message.content
+    chunks = [c async for c in client.chat_stream(msgs, max_tokens=6, temperature=0)]
+    assert all(isinstance(c, ChatCompletionChunk) for c in chunks)
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        == full.choices[0].message.content
+    )
+    comp = await client.complete([1, 2, 3], max_tokens=3, ignore_eos=True)
+    assert comp.usage is not None and comp.usage.prompt_tokens == 3 and comp.usage.completion_tokens == 3
+    cchunks = [c async for c in client.complete_stream("Hi", max_tokens=3, ignore_eos=True)]
+    assert all(isinstance(c, CompletionChunk) for c in cchunks)
+    assert cchunks[-1].choices[0].finish_reason == "length"
+
+
+async def test_server_errors_raise_with_status_message_and_param(client: AsyncClient) -> None:
+    with pytest.raises(APIError) as e:
+        await client.chat([{"role": "user", "content": "x"}], model="other-model")
+    assert e.value.status == 400 and e.value.param == "model" and "other-model" in e.value.message
+    with pytest.raises(APIError) as e:
+        async for _ in client.stream("x", sampling_params={"temperature": -1.0}):
+            pass
+    assert e.value.status == 400 and e.value.param == "temperature"
+
+
+async def test_wrong_key_is_401_but_health_needs_no_key(server: ServerProcess) -> None:
+    async with AsyncClient(server.url, api_key="nope") as c:
+        assert await c.health()
+        with pytest.raises(APIError) as e:
+            await c.models()
+        assert e.value.status == 401 and e.value.code == "invalid_api_key"
+
+
+async def test_health_is_false_when_nothing_listens() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound but not listening: connections are refused
+        async with AsyncClient(f"http://127.0.0.1:{port}", timeout=5) as c:
+            assert not await c.health()
+
+
+async def test_models_and_metrics(client: AsyncClient) -> None:
+    [card] = await client.models()
+    assert card.id == "tiny" and card.max_model_len and card.max_model_len > 0
+    m = await client.metrics()
+    assert m["lite_srt_kv_total_tokens"] == 4096
