@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -16,7 +17,6 @@ namespace py = pybind11;
 namespace lite_srt {
 namespace {
 
-using TokenArray = py::array_t<Token, py::array::c_style | py::array::forcecast>;
 using SlotArray = py::array_t<Slot, py::array::c_style | py::array::forcecast>;
 
 // Moves the vector into a heap object the array owns: no copy of the slot data.
@@ -27,6 +27,33 @@ py::array_t<Slot> to_numpy(std::vector<Slot>&& v) {
                            free_when_done);
 }
 
+// Token ids as int32. Lists and tuples (what the scheduler holds) are read item by item with the C API,
+// several times faster than numpy's generic conversion; anything else goes through numpy.
+std::vector<Token> to_tokens(const py::handle& obj, const char* op) {
+  PyObject* seq = obj.ptr();
+  const bool is_list = PyList_Check(seq);
+  if (is_list || PyTuple_Check(seq)) {
+    const Py_ssize_t n = is_list ? PyList_GET_SIZE(seq) : PyTuple_GET_SIZE(seq);
+    std::vector<Token> out(static_cast<size_t>(n));
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      PyObject* item = is_list ? PyList_GET_ITEM(seq, i) : PyTuple_GET_ITEM(seq, i);
+      const long v = PyLong_AsLong(item);
+      if (v == -1 && PyErr_Occurred()) throw py::error_already_set();
+      if (v < INT32_MIN || v > INT32_MAX) {
+        throw py::value_error(std::string("RadixTree.") + op + ": token id " + std::to_string(v) +
+                              " does not fit in int32");
+      }
+      out[static_cast<size_t>(i)] = static_cast<Token>(v);
+    }
+    return out;
+  }
+  auto arr = py::array_t<Token, py::array::c_style | py::array::forcecast>::ensure(obj);
+  if (!arr || arr.ndim() != 1) {
+    throw py::type_error(std::string("RadixTree.") + op + ": tokens must be a list, tuple or 1-D integer array");
+  }
+  return std::vector<Token>(arr.data(), arr.data() + arr.shape(0));
+}
+
 int64_t length_of(const py::array& a, const char* op, const char* name) {
   if (a.ndim() != 1) {
     throw py::value_error(std::string("RadixTree.") + op + ": " + name + " must be 1-D, got " +
@@ -35,14 +62,15 @@ int64_t length_of(const py::array& a, const char* op, const char* name) {
   return static_cast<int64_t>(a.shape(0));
 }
 
-py::tuple match_prefix(RadixTree& tree, const TokenArray& tokens) {
-  const int64_t n = length_of(tokens, "match_prefix", "tokens");
-  MatchOut out = tree.match_prefix(tokens.data(), n);
+py::tuple match_prefix(RadixTree& tree, const py::handle& token_ids) {
+  const std::vector<Token> tokens = to_tokens(token_ids, "match_prefix");
+  MatchOut out = tree.match_prefix(tokens.data(), static_cast<int64_t>(tokens.size()));
   return py::make_tuple(out.node_id, to_numpy(std::move(out.slots)));
 }
 
-py::tuple insert(RadixTree& tree, const TokenArray& tokens, const SlotArray& slots, int64_t owned_from) {
-  const int64_t n = length_of(tokens, "insert", "tokens");
+py::tuple insert(RadixTree& tree, const py::handle& token_ids, const SlotArray& slots, int64_t owned_from) {
+  const std::vector<Token> tokens = to_tokens(token_ids, "insert");
+  const int64_t n = static_cast<int64_t>(tokens.size());
   if (length_of(slots, "insert", "slots") != n) {
     throw py::value_error("RadixTree.insert: " + std::to_string(slots.shape(0)) + " slots for " +
                           std::to_string(n) + " tokens");

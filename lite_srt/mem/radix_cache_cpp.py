@@ -35,8 +35,9 @@ def _load_tree_class() -> Any:
     return tree_cls
 
 
-def _tokens(token_ids: Sequence[int]) -> np.ndarray:
-    return np.asarray(token_ids, dtype=np.int32)
+def _tokens(token_ids: Sequence[int]) -> Sequence[int]:
+    # Lists and tuples go straight to C++ (read with the C API); other sequences become a list.
+    return token_ids if isinstance(token_ids, (list, tuple, np.ndarray)) else list(token_ids)
 
 
 class CppRadixCache(PrefixCache):
