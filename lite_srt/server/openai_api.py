@@ -300,7 +300,15 @@ async def _stream_chat(
 @dataclass
 class _Prompt:
     ids: list[int]
-    text: str  # echoed back with echo=true
+    _text: str | None = None
+    _tokenizer: Any = None
+
+    @property
+    def text(self) -> str:
+        """The prompt as text, echoed back with echo=true (token-id prompts are decoded only then)."""
+        if self._text is None:
+            self._text = self._tokenizer.decode(self.ids, skip_special_tokens=False)
+        return self._text
 
 
 async def _completion_prompts(st: ServerState, prompt: str | list[Any]) -> list[_Prompt]:
@@ -324,14 +332,14 @@ async def _completion_prompts(st: ServerState, prompt: str | list[Any]) -> list[
 async def _text_prompt(st: ServerState, text: str) -> _Prompt:
     if not text:
         raise bad_request("prompt must not be empty", param="prompt")
-    return _Prompt(await off_loop(st.tokenizer.encode, text, size=len(text)), text)
+    return _Prompt(await off_loop(st.tokenizer.encode, text, size=len(text)), _text=text)
 
 
 def _ids_prompt(st: ServerState, ids: list[Any], param: str) -> _Prompt:
     if not ids:
         raise bad_request(f"{param} must not be an empty token list", param="prompt")
     st.check_token_ids(ids, "prompt")
-    return _Prompt(ids, st.tokenizer.decode(ids, skip_special_tokens=False))
+    return _Prompt(ids, _tokenizer=st.tokenizer)
 
 
 @dataclass
