@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -99,3 +103,86 @@ async def test_models_and_metrics(client: AsyncClient) -> None:
     assert card.id == "tiny" and card.max_model_len and card.max_model_len > 0
     m = await client.metrics()
     assert m["lite_srt_kv_total_tokens"] == 4096
+
+
+@pytest.mark.parametrize(
+    "dataset,flags,expected_prompts,expected_output",
+    [
+        (
+            "random",
+            [
+                "--num-prompts",
+                "8",
+                "--random-input-len",
+                "32",
+                "--random-output-len",
+                "4",
+                "--random-range-ratio",
+                "1.0",
+                "--request-rate",
+                "50",
+            ],
+            8,
+            32,
+        ),
+        (
+            "shared-prefix",
+            [
+                "--num-prompts",
+                "0",
+                "--sp-num-groups",
+                "2",
+                "--sp-prompts-per-group",
+                "3",
+                "--sp-system-prompt-len",
+                "64",
+                "--sp-question-len",
+                "8",
+                "--sp-output-len",
+                "3",
+                "--max-concurrency",
+                "2",
+            ],
+            6,
+            18,
+        ),
+        ("chat", ["--num-prompts", "4", "--chat-output-len", "3"], 4, 12),
+    ],
+)
+def test_bench_serving_drives_the_server_and_writes_json(
+    server: ServerProcess,
+    tmp_path: Path,
+    dataset: str,
+    flags: list[str],
+    expected_prompts: int,
+    expected_output: int,
+) -> None:
+    out = tmp_path / "bench.json"
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_serving.py"
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--base-url",
+            server.url,
+            "--api-key",
+            KEY,
+            "--dataset",
+            dataset,
+            "--output-file",
+            str(out),
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Output token throughput" in r.stdout
+    s = json.loads(out.read_text())
+    assert (s["completed"], s["failed"]) == (expected_prompts, 0)
+    assert s["total_output_tokens"] == expected_output  # ignore_eos by default: exact lengths
+    assert s["output_throughput"] == pytest.approx(expected_output / s["duration_s"])
+    for key in ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms"):
+        assert set(s[key]) == {"mean", "median", "p99"}
+    assert 0 < s["ttft_ms"]["mean"] <= s["e2e_ms"]["mean"]
