@@ -173,6 +173,8 @@ def test_pool_invariant_reports_a_leak():
 def test_create_prefix_cache_picks_by_flag_and_checks_page_size():
     alloc = KVAllocator(16, 4)
     assert isinstance(create_prefix_cache(alloc, 4, disable_radix_cache=True), NaiveCache)
-    assert isinstance(create_prefix_cache(alloc, 4, disable_radix_cache=False), RadixCache)
+    assert isinstance(create_prefix_cache(alloc, 4, disable_radix_cache=False, use_cpp=False), RadixCache)
+    auto = create_prefix_cache(alloc, 4, disable_radix_cache=False)
+    assert type(auto).__name__ in ("RadixCache", "CppRadixCache")
     with pytest.raises(ValueError, match="page_size"):
         RadixCache(alloc, 2)

@@ -12,9 +12,11 @@ from lite_srt.mem.kv_pool import KVPool
 from lite_srt.mem.naive_cache import NaiveCache
 from lite_srt.mem.prefix_cache import MatchResult, PrefixCache, create_prefix_cache
 from lite_srt.mem.radix_cache import RadixCache
+from lite_srt.mem.radix_cache_cpp import CppRadixCache
 from lite_srt.mem.req_table import ReqToTokenTable
 
 __all__ = [
+    "CppRadixCache",
     "KVAllocator",
     "KVPool",
     "MatchResult",

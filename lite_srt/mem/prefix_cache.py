@@ -121,12 +121,26 @@ class PrefixCache(abc.ABC):
         """Recompute sizes and lock counts from the structure; raise RuntimeError with details on mismatch."""
 
 
-def create_prefix_cache(allocator: KVAllocator, page_size: int, disable_radix_cache: bool) -> PrefixCache:
-    """The cache ServerArgs asks for: NaiveCache when --disable-radix-cache, else RadixCache."""
+def create_prefix_cache(
+    allocator: KVAllocator, page_size: int, disable_radix_cache: bool, use_cpp: bool | None = None
+) -> PrefixCache:
+    """The cache ServerArgs asks for: NaiveCache when --disable-radix-cache, else a radix cache.
+
+    use_cpp: True = the C++ tree (ImportError if lite_srt._C lacks it), False = the Python tree,
+    None = the C++ tree when built (it is several times faster per call, see scripts/bench_radix.py).
+    """
     if disable_radix_cache:
         from lite_srt.mem.naive_cache import NaiveCache
 
         return NaiveCache(allocator, page_size)
+    if use_cpp is not False:
+        try:
+            from lite_srt.mem.radix_cache_cpp import CppRadixCache
+
+            return CppRadixCache(allocator, page_size)
+        except ImportError:
+            if use_cpp:
+                raise
     from lite_srt.mem.radix_cache import RadixCache
 
     return RadixCache(allocator, page_size)
