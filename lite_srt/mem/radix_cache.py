@@ -60,9 +60,9 @@ class RadixCache(PrefixCache):
         super().__init__(allocator, page_size)
         self._clock = itertools.count(1)
         self._seq = itertools.count()
-        self.reset_state()
+        self._clear()
 
-    def reset_state(self) -> None:
+    def _clear(self) -> None:
         self._root = _Node([], _EMPTY, None)
         self._heap: list[tuple[int, int, _Node]] = []
         self._evictable = 0
@@ -251,7 +251,7 @@ class RadixCache(PrefixCache):
             node.removed = True
         if values:
             self.allocator.free(torch.cat(values))
-        self.reset_state()
+        self._clear()
 
     def check_integrity(self) -> None:
         errors: list[str] = []
