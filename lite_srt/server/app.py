@@ -7,6 +7,7 @@ STATE), so two apps in one process share nothing.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -70,6 +71,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         started = request.get(SSE_RESPONSE)
         if started is not None:
             return started
+        raise
+    except asyncio.CancelledError:
+        status = 499  # the client disconnected and aiohttp cancelled the handler (handler_cancellation)
         raise
     except Exception as e:
         err = to_api_error(e, openai_names=request.path.startswith("/v1/"))
