@@ -1,9 +1,9 @@
 """Submitting requests to the engine from a handler and consuming their outputs, abort-safe.
 
-`run_requests` submits a list of GenerateRequests all-or-nothing and yields `(request_index, RequestOutput)`
-merged across them. Whatever way the consumer leaves (finished, exception, the handler task cancelled because
-the client disconnected), every unfinished request is aborted so its KV is freed at once. Runs on the event
-loop thread only.
+`RequestGroup` submits the GenerateRequests of one HTTP call all-or-nothing and yields
+`(request_index, RequestOutput)` merged across them. Whatever way the handler leaves (finished, exception, its
+task cancelled because the client disconnected), every unfinished request is aborted so its KV is freed at
+once. Runs on the event-loop thread only.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ async def _pump(
         await q.put((i, e))
 
 
-async def _merged(subs: list[_Submitted]) -> AsyncIterator[tuple[int, RequestOutput]]:
+async def _merged(subs: list[_Submitted]) -> AsyncGenerator[tuple[int, RequestOutput], None]:
     if len(subs) == 1:
         async for out in subs[0].stream:
             yield 0, out
@@ -122,12 +122,14 @@ class RequestGroup:
         return self._iter
 
     async def _outputs(self) -> AsyncGenerator[tuple[int, RequestOutput], None]:
-        async for i, out in _merged(self._subs):
-            sub = self._subs[i]
-            sub.timer.on_output(out.index, len(out.delta_ids), out.finished)
-            if out.finished:
-                sub.finished.add(out.index)
-            yield i, out
+        # aclosing: the merge's pump tasks are cancelled as soon as this generator closes, not at GC.
+        async with contextlib.aclosing(_merged(self._subs)) as merged:
+            async for i, out in merged:
+                sub = self._subs[i]
+                sub.timer.on_output(out.index, len(out.delta_ids), out.finished)
+                if out.finished:
+                    sub.finished.add(out.index)
+                yield i, out
 
     async def aclose(self) -> None:
         _abort_unfinished(self._engine, self._subs)
