@@ -195,3 +195,45 @@ def test_unknown_model_is_a_400_the_client_raises(client: openai.OpenAI) -> None
         client.chat.completions.create(model="gpt-9", messages=QUESTION, max_tokens=2)
     assert e.value.status_code == 400
     assert "gpt-9" in str(e.value)
+
+
+def test_sampling_extras_take_effect(client: openai.OpenAI, model: str, server_and_tokenizer: Any) -> None:
+    import json
+    import urllib.request
+
+    prompt = "Fruits: apple, apple, apple, apple,"
+    base: dict[str, Any] = {"model": model, "prompt": prompt, "max_tokens": 8}
+    greedy = client.completions.create(**base, temperature=0).choices[0].text
+    # top_k=1 samples the argmax whatever the temperature.
+    assert (
+        client.completions.create(**base, temperature=1.5, extra_body={"top_k": 1}).choices[0].text == greedy
+    )
+    # A strong frequency / repetition penalty moves greedy decoding off the repeated word.
+    assert client.completions.create(**base, temperature=0, frequency_penalty=2.0).choices[0].text != greedy
+    assert (
+        client.completions.create(**base, temperature=0, extra_body={"repetition_penalty": 3.0})
+        .choices[0]
+        .text
+        != greedy
+    )
+    # stop_token_ids: stop on the 3rd greedy token (its id from the native route).
+    url = server_and_tokenizer[0].url + "/generate"
+    body = json.dumps({"text": prompt, "sampling_params": {"max_new_tokens": 8, "temperature": 0}}).encode()
+    with urllib.request.urlopen(urllib.request.Request(url, data=body)) as r:
+        ids = json.load(r)["output_ids"]
+    stopped = client.completions.create(**base, temperature=0, extra_body={"stop_token_ids": [ids[2]]})
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.usage.completion_tokens == ids.index(ids[2]) + 1
+    # min_tokens keeps a chat going past the point where it would have stopped.
+    short = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Say OK."}], max_tokens=40, temperature=0
+    )
+    if short.choices[0].finish_reason == "stop":
+        longer = client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "Say OK."}],
+            max_tokens=40,
+            temperature=0,
+            extra_body={"min_tokens": short.usage.completion_tokens + 3},
+        )
+        assert longer.usage.completion_tokens >= short.usage.completion_tokens + 3
