@@ -135,6 +135,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
 
 
 async def health(request: web.Request) -> web.Response:
+    """200 while the engine runs; stats() raising (EngineDeadError -> 503) means the scheduler has died."""
+    state_of(request).engine.stats()
     return json_response({"status": "ok"})
 
 
