@@ -41,12 +41,15 @@ class ServerProcess:
         self.url = ""
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = tempfile.NamedTemporaryFile(prefix="lite_srt_server_", suffix=".log", delete=False)
+        self._final_log: str | None = None  # kept in memory once stop() removed the file
 
     @property
     def log_path(self) -> str:
         return self._log.name
 
     def log_text(self) -> str:
+        if self._final_log is not None:
+            return self._final_log
         with open(self._log.name, encoding="utf-8", errors="replace") as f:
             return f.read()
 
@@ -100,7 +103,10 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self._log.close()
+        if self._final_log is None:
+            self._final_log = self.log_text()
+            self._log.close()
+            os.unlink(self._log.name)
         return self.proc.returncode
 
     def __enter__(self) -> ServerProcess:
