@@ -340,35 +340,41 @@ void extend_attention_cpu(at::Tensor out, at::Tensor q, at::Tensor k_cache, at::
 
 cudaStream_t stream_for(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.get_device()).stream(); }
 
+// Checked before the device guard is built: a CUDAGuard on a CPU device throws a message naming no argument.
+c10::cuda::CUDAGuard guard_for(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK_VALUE(t.is_cuda(), op, "_cuda: ", name, " is on ", t.device(), "; every tensor must be on the GPU");
+  return c10::cuda::CUDAGuard(t.device());
+}
+
 void rmsnorm_cuda(at::Tensor out, at::Tensor x, at::Tensor weight, double eps) {
-  const c10::cuda::CUDAGuard guard(x.device());
+  const c10::cuda::CUDAGuard guard = guard_for(x, "rmsnorm", "x");
   launch_rmsnorm(make_rmsnorm(out, x, nullptr, weight, eps, Backend::kCUDA, "rmsnorm"), stream_for(x));
 }
 
 void fused_add_rmsnorm_cuda(at::Tensor x, at::Tensor residual, at::Tensor weight, double eps) {
-  const c10::cuda::CUDAGuard guard(x.device());
+  const c10::cuda::CUDAGuard guard = guard_for(x, "fused_add_rmsnorm", "x");
   launch_rmsnorm(make_rmsnorm(x, x, &residual, weight, eps, Backend::kCUDA, "fused_add_rmsnorm"), stream_for(x));
 }
 
 void silu_and_mul_cuda(at::Tensor out, at::Tensor x) {
-  const c10::cuda::CUDAGuard guard(x.device());
+  const c10::cuda::CUDAGuard guard = guard_for(x, "silu_and_mul", "x");
   launch_silu_and_mul(make_silu_and_mul(out, x, Backend::kCUDA), stream_for(x));
 }
 
 void rotary_embedding_cuda(at::Tensor positions, at::Tensor q, at::Tensor k, at::Tensor cos_sin_cache,
                            bool is_neox) {
-  const c10::cuda::CUDAGuard guard(q.device());
+  const c10::cuda::CUDAGuard guard = guard_for(q, "rotary_embedding", "q");
   launch_rotary_embedding(make_rope(positions, q, k, cos_sin_cache, is_neox, Backend::kCUDA), stream_for(q));
 }
 
 void store_kv_cuda(at::Tensor k_cache, at::Tensor v_cache, at::Tensor slots, at::Tensor k, at::Tensor v) {
-  const c10::cuda::CUDAGuard guard(k.device());
+  const c10::cuda::CUDAGuard guard = guard_for(k, "store_kv", "k");
   launch_store_kv(make_store_kv(k_cache, v_cache, slots, k, v, Backend::kCUDA), stream_for(k));
 }
 
 void decode_attention_cuda(at::Tensor out, at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
                            at::Tensor req_to_token, at::Tensor req_pool_indices, at::Tensor seq_lens, double scale) {
-  const c10::cuda::CUDAGuard guard(q.device());
+  const c10::cuda::CUDAGuard guard = guard_for(q, "decode_attention", "q");
   const AttentionArgs a =
       make_decode(out, q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale, Backend::kCUDA);
   // Split-K partials live in a scratch buffer from torch's caching allocator (cheap, CUDA-graph safe).
@@ -380,7 +386,7 @@ void decode_attention_cuda(at::Tensor out, at::Tensor q, at::Tensor k_cache, at:
 void extend_attention_cuda(at::Tensor out, at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
                            at::Tensor req_to_token, at::Tensor req_pool_indices, at::Tensor seq_lens,
                            at::Tensor extend_lens, at::Tensor extend_start_loc, double scale) {
-  const c10::cuda::CUDAGuard guard(q.device());
+  const c10::cuda::CUDAGuard guard = guard_for(q, "extend_attention", "q");
   launch_extend_attention(make_extend(out, q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens,
                                       extend_lens, extend_start_loc, scale, Backend::kCUDA),
                           stream_for(q));

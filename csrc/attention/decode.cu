@@ -68,7 +68,10 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(AttentionArgs a, int n
 
   const T* k_base = static_cast<const T*>(a.k_cache) + kvh * a.k_stride.head + lane * VEC;
   const T* v_base = static_cast<const T*>(a.v_cache) + kvh * a.v_stride.head + lane * VEC;
-  for (int64_t j0 = j_begin + grp; j0 < j_end; j0 += GROUPS * kUnroll) {
+  // Every lane runs the same trip count (lane groups start at different keys): the shuffles below need the
+  // whole warp, so a group with no key left still takes part with zeros.
+  for (int64_t base = j_begin; base < j_end; base += GROUPS * kUnroll) {
+    const int64_t j0 = base + grp;
     Pack16<T> kp[kUnroll], vp[kUnroll];
     bool valid[kUnroll];
 #pragma unroll
