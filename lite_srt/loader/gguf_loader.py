@@ -1,12 +1,14 @@
 """GGUF checkpoints: metadata access and float32 tensors under their Hugging Face names.
 
 Owns the mapping from llama.cpp tensor names to HF names, dequantization (through gguf-py, the same code
-transformers uses, so results match it bit for bit) and undoing llama.cpp's Q/K row permutation. Runs on
-whichever thread loads weights; holds no state beyond the memory-mapped file it reads.
+transformers uses, so results match it bit for bit) and undoing llama.cpp's Q/K row permutation. The file
+format itself (header parsing, tensor byte views) is gguf_file's. Runs on whichever thread loads weights;
+holds no state beyond the memory-mapped file it reads.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,11 +16,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType, GGUFReader
-from gguf.gguf_reader import ReaderTensor
+from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
 
-from lite_srt.errors import CorruptFileError, MissingFileError, ModelLoadError, UnsupportedQuantTypeError
+from lite_srt.errors import CorruptFileError, ModelLoadError, UnsupportedQuantTypeError
+from lite_srt.loader.gguf_file import GGUFData, GGUFHeader, GGUFTensorInfo, read_gguf_header
 
 Q = GGMLQuantizationType
 SUPPORTED_TYPES = frozenset({Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q5_K, Q.Q6_K})
@@ -51,28 +53,29 @@ _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 
 @dataclass
 class GGUFFile:
-    """An opened GGUF file: typed metadata lookups and tensor access by GGUF name."""
+    """An opened GGUF file: typed metadata lookups and tensor access by GGUF name.
+
+    The header comes from gguf_file's cache (parsed once per process); the file is memory-mapped only when
+    tensor data is first read, so reading the config never maps the weights.
+    """
 
     path: str
-    reader: GGUFReader
+    header: GGUFHeader
 
     @classmethod
     def open(cls, path: str) -> GGUFFile:
-        try:
-            reader = GGUFReader(path)
-        except FileNotFoundError as e:
-            raise MissingFileError(f"GGUF file {path} not found") from e
-        except Exception as e:  # gguf-py raises ValueError/struct/index errors on any malformed byte
-            raise CorruptFileError(f"{path} is not a readable GGUF file (truncated or corrupt?): {e}") from e
-        return cls(path, reader)
+        return cls(path, read_gguf_header(path))
+
+    @functools.cached_property
+    def data(self) -> GGUFData:
+        return GGUFData(self.header)
 
     @property
     def architecture(self) -> str:
         return str(self.value("general.architecture", None) or self._missing("general.architecture"))
 
     def value(self, key: str, default: Any) -> Any:
-        field = self.reader.fields.get(key)
-        return default if field is None else field.contents()
+        return self.header.metadata.get(key, default)
 
     def req_int(self, key: str) -> int:
         v = self.value(key, None)
@@ -84,23 +87,23 @@ class GGUFFile:
 
     @property
     def vocab_size(self) -> int:
-        tokens = self.reader.fields.get("tokenizer.ggml.tokens")
-        if tokens is not None:  # an array field: one data index per token, no need to decode the strings
-            return len(tokens.data)
+        tokens = self.value("tokenizer.ggml.tokens", None)
+        if tokens is not None:
+            return len(tokens)
         return self.req_int(f"{self.architecture}.vocab_size")
 
     def has_tensor(self, name: str) -> bool:
-        return any(t.name == name for t in self.reader.tensors)
+        return self.header.tensor(name) is not None
 
     def tensor_f32(self, name: str) -> torch.Tensor:
-        for t in self.reader.tensors:
-            if t.name == name:
-                return dequantize_tensor(t, self.path)
-        raise ModelLoadError(f"{self.path}: tensor {name!r} not found")
+        info = self.header.tensor(name)
+        if info is None:
+            raise ModelLoadError(f"{self.path}: tensor {name!r} not found")
+        return dequantize_tensor(info, self.data, self.path)
 
     @property
     def num_weight_tensors(self) -> int:
-        return sum(1 for t in self.reader.tensors if t.name not in SKIPPED_TENSORS)
+        return sum(1 for t in self.header.tensors if t.name not in SKIPPED_TENSORS)
 
     def _missing(self, key: str) -> Any:
         raise ModelLoadError(f"{self.path}: GGUF metadata key {key!r} is missing")
@@ -119,20 +122,20 @@ def hf_tensor_name(gguf_name: str, source: str = "GGUF file") -> str | None:
     raise ModelLoadError(f"{source}: unknown GGUF tensor {gguf_name!r}: lite_srt has no place to load it")
 
 
-def dequantize_tensor(t: ReaderTensor, source: str) -> torch.Tensor:
+def dequantize_tensor(info: GGUFTensorInfo, data: GGUFData, source: str) -> torch.Tensor:
     """float32 tensor in HF (row-major, reversed GGUF dims) layout."""
-    qtype = t.tensor_type
+    qtype = info.qtype
     if qtype not in SUPPORTED_TYPES:
-        name = getattr(qtype, "name", str(qtype))
         raise UnsupportedQuantTypeError(
-            f"{source}: tensor {t.name!r} has type {name}; supported: {', '.join(sorted(q.name for q in SUPPORTED_TYPES))}"
+            f"{source}: tensor {info.name!r} has type {info.type_name}; supported: "
+            f"{', '.join(sorted(q.name for q in SUPPORTED_TYPES))}"
         )
-    shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+    shape = info.row_major_shape
     try:
-        arr = dequantize(t.data, qtype).reshape(shape)
+        arr = dequantize(data.tensor_bytes(info), qtype).reshape(shape)
     except ValueError as e:
         raise CorruptFileError(
-            f"{source}: tensor {t.name!r} ({qtype.name}, shape {shape}) is malformed: {e}"
+            f"{source}: tensor {info.name!r} ({qtype.name}, shape {shape}) is malformed: {e}"
         ) from e
     # F32 data is a read-only view into the memory-mapped file; the caller gets its own writable copy.
     return torch.from_numpy(
@@ -162,11 +165,11 @@ def iter_gguf(source: str | GGUFFile) -> Iterator[tuple[str, torch.Tensor]]:
     n_heads = g.req_int(f"{arch}.attention.head_count")
     # heads per projection whose rows (weight and bias) llama.cpp permuted
     permuted = {"q_proj": n_heads, "k_proj": g.int_or(f"{arch}.attention.head_count_kv", n_heads)}
-    for t in g.reader.tensors:
+    for t in g.header.tensors:
         hf_name = hf_tensor_name(t.name, path)
         if hf_name is None:
             continue
-        w = dequantize_tensor(t, path)
+        w = dequantize_tensor(t, g.data, path)
         proj = hf_name.split(".")[-2]
         if arch in PERMUTED_QK_ARCHS and ".self_attn." in hf_name and proj in permuted:
             w = unpermute_qk(w, permuted[proj])

@@ -1,8 +1,8 @@
 """Build a `tokenizers.Tokenizer` from the vocabulary a GGUF file stores in its metadata.
 
 A GGUF has no tokenizer.json: llama.cpp keeps the tokens, merges or scores, token types and special ids under
-`tokenizer.ggml.*` keys. This module owns reading those keys (metadata only, never tensor data) and turning them
-into a backend tokenizer plus the special-token facts `Tokenizer` needs. It holds no state after loading.
+`tokenizer.ggml.*` keys. This module owns turning those keys (read by lite_srt.loader.gguf_file, which parses a
+file's header once per process; tensor data is never read) into a backend tokenizer plus the special-token facts `Tokenizer` needs. It holds no state after loading.
 
 Two vocabulary kinds are supported, chosen by `tokenizer.ggml.model`:
 
@@ -19,17 +19,15 @@ The SmolLM2 GGUF stores add_bos_token = false, which is why plain text encodes w
 from __future__ import annotations
 
 import logging
-import mmap
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any
 
 from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import BPE
 
-from lite_srt.errors import TokenizerError
+from lite_srt.errors import ModelLoadError, TokenizerError
 
 logger = logging.getLogger(__name__)
 
@@ -38,85 +36,19 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 SPM_SPACE = "\u2581"  # SentencePiece's visible space, "▁"
 
-# --- metadata reader ------------------------------------------------------------------------------------------
-# gguf.GGUFReader also maps every tensor (about 3 s for a small model); the tokenizer needs only the header.
-
-_SCALAR_FORMATS = {
-    0: "<B",
-    1: "<b",
-    2: "<H",
-    3: "<h",
-    4: "<I",
-    5: "<i",
-    6: "<f",
-    7: "<?",
-    10: "<Q",
-    11: "<q",
-    12: "<d",
-}
-_STRING, _ARRAY = 8, 9
-
-
-class _HeaderCursor:
-    """Sequential little-endian reads over the mapped file, with bounds checks that name the file."""
-
-    def __init__(self, buf: mmap.mmap, path: str) -> None:
-        self.buf, self.path, self.pos = buf, path, 0
-
-    def take(self, fmt: str) -> Any:
-        size = struct.calcsize(fmt)
-        if self.pos + size > len(self.buf):
-            raise TokenizerError(f"{self.path}: GGUF header is truncated at byte {self.pos}")
-        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
-        self.pos += size
-        return value
-
-    def string(self) -> str:
-        n = self.take("<Q")
-        if self.pos + n > len(self.buf):
-            raise TokenizerError(f"{self.path}: GGUF string at byte {self.pos} runs past the end of the file")
-        raw = self.buf[self.pos : self.pos + n]
-        self.pos += n
-        # Some vocabularies store byte pieces that are not valid UTF-8 on their own; keep them decodable.
-        return raw.decode("utf-8", errors="replace")
-
-    def value(self, vtype: int) -> Any:
-        if vtype == _STRING:
-            return self.string()
-        if vtype == _ARRAY:
-            item_type, n = self.take("<I"), self.take("<Q")
-            return [self.value(item_type) for _ in range(n)]
-        fmt = _SCALAR_FORMATS.get(vtype)
-        if fmt is None:
-            raise TokenizerError(f"{self.path}: unknown GGUF metadata value type {vtype} at byte {self.pos}")
-        return self.take(fmt)
+# --- metadata ----------------------------------------------------------------------------------------------
 
 
 def read_gguf_metadata(path: str) -> dict[str, Any]:
-    """All key/value metadata of a GGUF file (tensor infos and data are not read)."""
+    """All key/value metadata of a GGUF file (arrays as tuples), parsed by the loader's shared GGUF reader."""
+    # Imported here: lite_srt.loader's package import pulls in torch, which the tokenizer does not need
+    # until a GGUF file is actually opened.
+    from lite_srt.loader.gguf_file import read_gguf_header
+
     try:
-        with open(path, "rb") as f:
-            return _read_metadata(f, path)
-    except OSError as e:
-        raise TokenizerError(f"{path}: cannot read GGUF file ({e.strerror or e})") from e
-
-
-def _read_metadata(f: BinaryIO, path: str) -> dict[str, Any]:
-    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        if buf[:4] != b"GGUF":
-            raise TokenizerError(f"{path}: not a GGUF file (bad magic {bytes(buf[:4])!r})")
-        cur = _HeaderCursor(buf, path)
-        cur.pos = 4
-        version = cur.take("<I")
-        if version < 2:
-            raise TokenizerError(f"{path}: GGUF version {version} is not supported (need >= 2)")
-        cur.take("<Q")  # tensor count
-        n_kv = cur.take("<Q")
-        meta: dict[str, Any] = {}
-        for _ in range(n_kv):
-            key = cur.string()
-            meta[key] = cur.value(cur.take("<I"))
-        return meta
+        return dict(read_gguf_header(path).metadata)
+    except ModelLoadError as e:
+        raise TokenizerError(str(e)) from e
 
 
 # --- pre-tokenizer split rules (llama.cpp's `tokenizer.ggml.pre` names) -----------------------------------------
@@ -334,9 +266,12 @@ def load_gguf_vocab(path: str, meta: dict[str, Any] | None = None) -> GGUFVocab:
     """Build the tokenizer a GGUF file describes. `meta` may be passed when the caller already read it."""
     meta = read_gguf_metadata(path) if meta is None else meta
     model = meta.get("tokenizer.ggml.model")
-    tokens = meta.get("tokenizer.ggml.tokens")
-    if model is None or tokens is None:
+    stored_tokens = meta.get("tokenizer.ggml.tokens")
+    if model is None or stored_tokens is None:
         raise TokenizerError(f"{path}: GGUF file has no tokenizer (tokenizer.ggml.model/tokens missing)")
+    tokens = list(
+        stored_tokens
+    )  # the metadata's tuples are shared through the header cache; GGUFVocab owns a list
     types = list(meta.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens))
     if len(types) != len(tokens):
         raise TokenizerError(
