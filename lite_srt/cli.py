@@ -12,18 +12,32 @@ from lite_srt.errors import LiteSrtError
 from lite_srt.sampling_params import SamplingParams
 
 _SAMPLING_FLAGS: dict[str, type] = {
-    "max_new_tokens": int, "min_new_tokens": int, "temperature": float, "top_p": float, "top_k": int,
-    "min_p": float, "repetition_penalty": float, "frequency_penalty": float, "presence_penalty": float,
-    "seed": int, "n": int, "top_logprobs": int,
+    "max_new_tokens": int,
+    "min_new_tokens": int,
+    "temperature": float,
+    "top_p": float,
+    "top_k": int,
+    "min_p": float,
+    "repetition_penalty": float,
+    "frequency_penalty": float,
+    "presence_penalty": float,
+    "seed": int,
+    "n": int,
+    "top_logprobs": int,
 }
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="generate text for one prompt offline and print it",
-                       description="Run the engine offline on one prompt (no server).",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        "generate",
+        help="generate text for one prompt offline and print it",
+        description="Run the engine offline on one prompt (no server).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--prompt", required=True, help="the prompt text")
-    p.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the chat template")
+    p.add_argument(
+        "--chat", action="store_true", help="wrap the prompt as a user message in the chat template"
+    )
     p.add_argument("--stop", action="append", default=None, help="a stop string (repeatable)")
     p.add_argument("--ignore-eos", action="store_true", help="keep generating past EOS")
     p.add_argument("--logprobs", action="store_true", help="print the chosen tokens' logprobs")
@@ -31,7 +45,11 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     group = p.add_argument_group("sampling")
     for name, typ in _SAMPLING_FLAGS.items():
         group.add_argument("--" + name.replace("_", "-"), type=typ, default=None, dest=name)
-    ServerArgs.add_cli_args(p.add_argument_group("engine"), skip=("host", "port", "api_key", "max_request_bytes"))
+    # --seed here seeds the request (a sampling flag); the engine's own seed keeps its default.
+    ServerArgs.add_cli_args(
+        p.add_argument_group("engine"),
+        skip=("seed", "host", "port", "api_key", "max_request_bytes", "shutdown_timeout"),
+    )
     p.set_defaults(func=_run_generate)
 
 
@@ -78,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lite-srt",
         description="lite_srt: a small, fast LLM serving runtime. With no --model-path it uses the embedded "
-                    "default model, SmolLM2-135M-Instruct.")
+        "default model, SmolLM2-135M-Instruct.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="{serve,generate}", required=True)
     _add_serve(sub)
     _add_generate(sub)
@@ -87,8 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(ns, "log_level", "info").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(ns, "log_level", "info").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         return int(ns.func(ns) or 0)
     except LiteSrtError as e:

@@ -28,11 +28,16 @@ def _opt(help: str, default: Any = None, choices: tuple[Any, ...] | None = None,
 @dataclass(frozen=True)
 class ServerArgs:
     # Model
-    model_path: str | None = _opt("HF model directory or .gguf file; default: the embedded SmolLM2-135M-Instruct")
+    model_path: str | None = _opt(
+        "HF model directory or .gguf file; default: the embedded SmolLM2-135M-Instruct"
+    )
     tokenizer_path: str | None = _opt("tokenizer directory or .gguf file (default: the model path)")
     load_format: str = _opt("how to load weights", "auto", ("auto", "safetensors", "gguf", "dummy"))
-    dtype: str = _opt("weights/activation dtype; auto = config dtype on GPU, float32 on CPU", "auto",
-                      ("auto", "float32", "bfloat16", "float16"))
+    dtype: str = _opt(
+        "weights/activation dtype; auto = config dtype on GPU, float32 on CPU",
+        "auto",
+        ("auto", "float32", "bfloat16", "float16"),
+    )
     device: str | None = _opt("cuda when available, else cpu", None)
     context_length: int | None = _opt("max tokens of prompt + output (default: the model's)")
     served_model_name: str | None = _opt("model name reported by the API (default: from the model path)")
@@ -50,12 +55,17 @@ class ServerArgs:
     disable_radix_cache: bool = _opt("use the naive cache (no prefix reuse), for A/B", False)
     schedule_conservativeness: float = _opt(
         "scales the KV kept back for running requests' future tokens when admitting new ones "
-        "(0 = admit greedily and rely on retraction)", 1.0)
+        "(0 = admit greedily and rely on retraction)",
+        1.0,
+    )
     # Server
     host: str = _opt("bind address", "127.0.0.1")
     port: int = _opt("bind port", 30000)
     api_key: str | None = _opt("require `Authorization: Bearer KEY` on every route but /health")
     max_request_bytes: int = _opt("largest accepted request body", 8 * 1024 * 1024)
+    shutdown_timeout: float = _opt(
+        "seconds SIGINT/SIGTERM waits for in-flight requests before aborting them", 5.0
+    )
     log_level: str = _opt("logging level", "info", ("debug", "info", "warning", "error"))
 
     def __post_init__(self) -> None:

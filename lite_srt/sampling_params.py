@@ -44,7 +44,9 @@ class SamplingParams:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise InvalidRequestError(f"unknown sampling parameter(s): {', '.join(unknown)}", param=unknown[0])
+            raise InvalidRequestError(
+                f"unknown sampling parameter(s): {', '.join(unknown)}", param=unknown[0]
+            )
         if isinstance(d.get("stop"), str):
             d["stop"] = [d["stop"]]
         if d.get("stop") is None:
@@ -72,8 +74,14 @@ class SamplingParams:
         for name in ("max_new_tokens", "min_new_tokens", "top_k", "n", "top_logprobs"):
             if not is_int(getattr(self, name)):
                 raise bad(name, f"must be an integer, got {getattr(self, name)!r}")
-        for name in ("temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty",
-                     "presence_penalty"):
+        for name in (
+            "temperature",
+            "top_p",
+            "min_p",
+            "repetition_penalty",
+            "frequency_penalty",
+            "presence_penalty",
+        ):
             v = getattr(self, name)
             if not is_num(v) or v != v:
                 raise bad(name, f"must be a number, got {v!r}")
@@ -82,7 +90,9 @@ class SamplingParams:
         if self.min_new_tokens < 0:
             raise bad("min_new_tokens", f"must be >= 0, got {self.min_new_tokens}")
         if self.min_new_tokens > self.max_new_tokens:
-            raise bad("min_new_tokens", f"({self.min_new_tokens}) must be <= max_new_tokens ({self.max_new_tokens})")
+            raise bad(
+                "min_new_tokens", f"({self.min_new_tokens}) must be <= max_new_tokens ({self.max_new_tokens})"
+            )
         if self.temperature < 0:
             raise bad("temperature", f"must be >= 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
@@ -105,5 +115,7 @@ class SamplingParams:
             raise bad("top_logprobs", f"must be in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs}")
         if not isinstance(self.stop, list) or not all(isinstance(s, str) and s for s in self.stop):
             raise bad("stop", "must be a non-empty string or a list of non-empty strings")
-        if not isinstance(self.stop_token_ids, list) or not all(is_int(t) and t >= 0 for t in self.stop_token_ids):
+        if not isinstance(self.stop_token_ids, list) or not all(
+            is_int(t) and t >= 0 for t in self.stop_token_ids
+        ):
             raise bad("stop_token_ids", "must be a list of non-negative integers")

@@ -80,8 +80,13 @@ class AsyncEngine:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="lite-srt-forward")
         self.scheduler: Scheduler | None = None
         self._task: asyncio.Task | None = None
-        logger.info("KV cache: %d tokens (%s, page size %d), context length %d", self.max_total_tokens,
-                    self.runner.pool, args.page_size, self.context_length)
+        logger.info(
+            "KV cache: %d tokens (%s, page size %d), context length %d",
+            self.max_total_tokens,
+            self.runner.pool,
+            args.page_size,
+            self.context_length,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -90,8 +95,9 @@ class AsyncEngine:
         async def run_step(fb: ForwardBatch, rows: list[int], sb: SamplingBatch | None) -> StepResult:
             return await loop.run_in_executor(self._executor, self.runner.step, fb, rows, sb)
 
-        self.scheduler = Scheduler(self.args, self.runner, run_step, self.context_length,
-                                   self.model_config.vocab_size)
+        self.scheduler = Scheduler(
+            self.args, self.runner, run_step, self.context_length, self.model_config.vocab_size
+        )
         self._task = loop.create_task(self.scheduler.run_forever(), name="lite-srt-scheduler")
         self._task.add_done_callback(self._on_scheduler_exit)
 
@@ -104,7 +110,7 @@ class AsyncEngine:
         if sched is None:
             return
         for rid in list(sched.groups):
-            sched.abort(rid)
+            sched.abort(rid, "the server is shutting down")
         await asyncio.sleep(0)  # let the scheduler apply the aborts between steps
         while sched.groups and self._task is not None and not self._task.done():
             await asyncio.sleep(0.01)
@@ -128,8 +134,15 @@ class AsyncEngine:
         group = RequestGroup(rid, params.n, len(ids))
         base_seed = params.seed if params.seed is not None else self._rng.getrandbits(_SEED_BITS)
         for i in range(params.n):
-            r = Req(rid=rid, index=i, input_ids=ids, params=params, seed=(base_seed + i) % (1 << _SEED_BITS),
-                    group=group, eos_ids=self.eos_ids)
+            r = Req(
+                rid=rid,
+                index=i,
+                input_ids=ids,
+                params=params,
+                seed=(base_seed + i) % (1 << _SEED_BITS),
+                group=group,
+                eos_ids=self.eos_ids,
+            )
             init_output_state(r, self.tokenizer)
             group.reqs.append(r)
         if params.max_new_tokens == 0:
@@ -148,8 +161,16 @@ class AsyncEngine:
         shared = (len(ids) - 1) // page * page
         if params.n == 1 or shared == 0:
             return None
-        return Req(rid=group.rid, index=-1, input_ids=ids[:shared], params=params, seed=0, group=group,
-                   eos_ids=self.eos_ids, is_prefix_job=True)
+        return Req(
+            rid=group.rid,
+            index=-1,
+            input_ids=ids[:shared],
+            params=params,
+            seed=0,
+            group=group,
+            eos_ids=self.eos_ids,
+            is_prefix_job=True,
+        )
 
     def _validate(self, ids: list[int]) -> None:
         if not ids:
@@ -160,11 +181,15 @@ class AsyncEngine:
         if len(ids) >= self.context_length:
             raise ContextLengthExceededError(
                 f"the prompt has {len(ids)} tokens, but the context length is {self.context_length} "
-                "(prompt plus at least one output token must fit)", param="input_ids")
+                "(prompt plus at least one output token must fit)",
+                param="input_ids",
+            )
         if len(ids) + 1 > self.max_total_tokens:
             raise ContextLengthExceededError(
                 f"the prompt has {len(ids)} tokens, but the KV cache holds {self.max_total_tokens}; "
-                "raise --max-total-tokens", param="input_ids")
+                "raise --max-total-tokens",
+                param="input_ids",
+            )
 
     def abort(self, rid: str) -> bool:
         return self.scheduler.abort(rid) if self.scheduler is not None else False
@@ -198,11 +223,21 @@ class AsyncEngine:
 
 
 def _final_empty(req: Req) -> RequestOutput:
-    return RequestOutput(rid=req.rid, index=req.index, text="", output_ids=[], delta_text="", delta_ids=[],
-                         logprobs=[] if req.logprobs is not None else None,
-                         delta_logprobs=[] if req.logprobs is not None else None, finished=True,
-                         finish_reason=req.finish_reason, prompt_tokens=len(req.input_ids), completion_tokens=0,
-                         cached_tokens=0)
+    return RequestOutput(
+        rid=req.rid,
+        index=req.index,
+        text="",
+        output_ids=[],
+        delta_text="",
+        delta_ids=[],
+        logprobs=[] if req.logprobs is not None else None,
+        delta_logprobs=[] if req.logprobs is not None else None,
+        finished=True,
+        finish_reason=req.finish_reason,
+        prompt_tokens=len(req.input_ids),
+        completion_tokens=0,
+        cached_tokens=0,
+    )
 
 
 def _name_from_path(path: str) -> str:

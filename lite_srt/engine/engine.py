@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from typing import Any
@@ -29,7 +30,9 @@ class Engine:
         self.core = AsyncEngine(self.args)
         self.tokenizer = self.core.tokenizer
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="lite-srt-engine-loop", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="lite-srt-engine-loop", daemon=True
+        )
         self._thread.start()
         self._call(self.core.start()).result()
 
@@ -37,8 +40,9 @@ class Engine:
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     # -- request building ------------------------------------------------------------------------------
-    def _requests(self, prompt: Prompt, input_ids: InputIds, sampling_params: Params,
-                  rid: str | list[str] | None = None) -> tuple[list[GenerateRequest], bool]:
+    def _requests(
+        self, prompt: Prompt, input_ids: InputIds, sampling_params: Params, rid: str | list[str] | None = None
+    ) -> tuple[list[GenerateRequest], bool]:
         if (prompt is None) == (input_ids is None):
             raise InvalidRequestError("pass exactly one of prompt and input_ids", param="prompt")
         if prompt is not None:
@@ -52,17 +56,24 @@ class Engine:
             ids = [list(input_ids)] if single else [list(x) for x in input_ids]  # type: ignore[arg-type,union-attr]
         if isinstance(sampling_params, list):
             if len(sampling_params) != len(ids):
-                raise InvalidRequestError(f"got {len(sampling_params)} sampling_params for {len(ids)} prompts",
-                                          param="sampling_params")
+                raise InvalidRequestError(
+                    f"got {len(sampling_params)} sampling_params for {len(ids)} prompts",
+                    param="sampling_params",
+                )
             params = [SamplingParams.from_dict(p) for p in sampling_params]
         else:
             params = [SamplingParams.from_dict(sampling_params)] * len(ids)
-        rids = [rid] if isinstance(rid, str) else (rid or [None] * len(ids))
+        rids = [rid] if isinstance(rid, str) else (rid or [uuid.uuid4().hex for _ in ids])
         return [GenerateRequest(i, p, r) for i, p, r in zip(ids, params, rids)], single
 
     # -- sync API ----------------------------------------------------------------------------------------
-    def generate(self, prompt: Prompt = None, input_ids: InputIds = None, sampling_params: Params = None,
-                 rid: str | list[str] | None = None) -> dict[str, Any] | list[dict[str, Any]]:
+    def generate(
+        self,
+        prompt: Prompt = None,
+        input_ids: InputIds = None,
+        sampling_params: Params = None,
+        rid: str | list[str] | None = None,
+    ) -> dict[str, Any] | list[dict[str, Any]]:
         """One dict for a single prompt with n=1, else a list (prompt-major, then sample index)."""
         reqs, single = self._requests(prompt, input_ids, sampling_params, rid)
         results = self._call(self._collect_all(reqs)).result()
@@ -74,15 +85,23 @@ class Engine:
         return [d for group in outs for d in group]
 
     # -- async API (any event loop) ---------------------------------------------------------------------
-    async def async_generate(self, prompt: Prompt = None, input_ids: InputIds = None,
-                             sampling_params: Params = None, rid: str | list[str] | None = None
-                             ) -> dict[str, Any] | list[dict[str, Any]]:
+    async def async_generate(
+        self,
+        prompt: Prompt = None,
+        input_ids: InputIds = None,
+        sampling_params: Params = None,
+        rid: str | list[str] | None = None,
+    ) -> dict[str, Any] | list[dict[str, Any]]:
         reqs, single = self._requests(prompt, input_ids, sampling_params, rid)
         results = await asyncio.wrap_future(self._call(self._collect_all(reqs)))
         return results[0] if single and len(results) == 1 else results
 
-    async def async_generate_stream(self, prompt: str | None = None, input_ids: list[int] | None = None,
-                                    sampling_params: dict[str, Any] | None = None) -> AsyncIterator[dict[str, Any]]:
+    async def async_generate_stream(
+        self,
+        prompt: str | None = None,
+        input_ids: list[int] | None = None,
+        sampling_params: dict[str, Any] | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
         """Yields {"index", "text", "delta", "output_ids", "finished", "meta_info"} as tokens arrive."""
         reqs, _ = self._requests(prompt, input_ids, sampling_params)
         caller = asyncio.get_running_loop()
@@ -102,11 +121,17 @@ class Engine:
             while (item := await queue.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                yield {"index": item.index, "text": item.text, "delta": item.delta_text,
-                       "output_ids": item.output_ids, "finished": item.finished, "meta_info": item.meta_info()}
+                yield {
+                    "index": item.index,
+                    "text": item.text,
+                    "delta": item.delta_text,
+                    "output_ids": item.output_ids,
+                    "finished": item.finished,
+                    "meta_info": item.meta_info(),
+                }
         finally:
             if not fut.done():
-                self._loop.call_soon_threadsafe(self.core.abort, reqs[0].rid or "")
+                self._loop.call_soon_threadsafe(self.core.abort, reqs[0].rid)
 
     # -- misc --------------------------------------------------------------------------------------------
     def abort(self, rid: str) -> bool:
@@ -141,5 +166,7 @@ async def _collect(stream: Any) -> list[dict[str, Any]]:
     async for out in stream:
         if out.finished:
             final[out.index] = out
-    return [{"text": o.text, "output_ids": o.output_ids, "meta_info": o.meta_info(), "index": o.index}
-            for o in sorted(final.values(), key=lambda o: o.index)]
+    return [
+        {"text": o.text, "output_ids": o.output_ids, "meta_info": o.meta_info(), "index": o.index}
+        for o in sorted(final.values(), key=lambda o: o.index)
+    ]

@@ -12,14 +12,16 @@ from __future__ import annotations
 import torch
 
 from lite_srt.engine.request import Req, SharedPrefix
-from lite_srt.mem.accounting import check_pool_invariant
+from lite_srt.mem.accounting import check_pool_invariant, owned_slots
 from lite_srt.mem.allocator import KVAllocator
 from lite_srt.mem.prefix_cache import PrefixCache, create_prefix_cache
 from lite_srt.mem.req_table import ReqToTokenTable
 
 
 class KVManager:
-    def __init__(self, num_slots: int, page_size: int, table: ReqToTokenTable, disable_radix_cache: bool) -> None:
+    def __init__(
+        self, num_slots: int, page_size: int, table: ReqToTokenTable, disable_radix_cache: bool
+    ) -> None:
         self.page_size = page_size
         self.allocator = KVAllocator(num_slots, page_size)
         self.cache: PrefixCache = create_prefix_cache(self.allocator, page_size, disable_radix_cache)
@@ -78,6 +80,30 @@ class KVManager:
         self._slots[req.row].append(slots)
         return slots
 
+    def extend_decode(self, reqs: list[Req]) -> torch.Tensor:
+        """One slot each for the next position of every request (the caller made room beforehand)."""
+        last = torch.tensor([r.last_slot for r in reqs], dtype=torch.int64)
+        slots = self.allocator.alloc_next(last)
+        if slots is None:
+            self.cache.evict(sum(self.slots_needed(r, 1) for r in reqs) - self.allocator.available_slots)
+            slots = self.allocator.alloc_next(last)
+        if slots is None:
+            raise RuntimeError("decode step has no KV slots; _make_room_for_decode must run first")
+        for r, s in zip(reqs, slots.split(1)):
+            assert r.row is not None
+            self.table.write(r.row, r.kv_len, s)
+            self._slots[r.row].append(s)
+        return slots
+
+    def unextend(self, req: Req, slots: torch.Tensor) -> None:
+        """Undo the last `extend` (admission changed its mind before any K/V was written)."""
+        assert req.row is not None and self._slots[req.row][-1] is slots
+        self._slots[req.row].pop()
+        if req.kv_len % self.page_size:  # the first slots share the request's partly used page: keep it
+            slots = slots[self.page_size - req.kv_len % self.page_size :]
+        if slots.numel():
+            self.allocator.free(slots)
+
     def commit(self, req: Req, slots: torch.Tensor) -> None:
         """The forward step wrote K/V for these new slots."""
         req.kv_len += int(slots.numel())
@@ -125,8 +151,7 @@ class KVManager:
 
     def owned_slots(self) -> int:
         """Slots held privately by live requests (whole pages from cached_len up to kv_len)."""
-        p = self.page_size
-        return sum(-(-r.kv_len // p) * p - r.cached_len for r in self._holders if r.kv_len > r.cached_len)
+        return sum(owned_slots(r.kv_len, r.cached_len, self.page_size) for r in self._holders)
 
     def check_invariant(self) -> None:
         self.cache.check_integrity()

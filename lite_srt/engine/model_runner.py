@@ -83,8 +83,15 @@ class ModelRunner:
             model.load_weights(iter_weights(model_path, fmt))
         model.eval()
         nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        logger.info("loaded %s (%s, %.1f MB, %s on %s) in %.1f s", self.cfg.architecture, fmt, nbytes / 1e6,
-                    str(self.dtype).replace("torch.", ""), self.device, time.perf_counter() - t0)
+        logger.info(
+            "loaded %s (%s, %.1f MB, %s on %s) in %.1f s",
+            self.cfg.architecture,
+            fmt,
+            nbytes / 1e6,
+            str(self.dtype).replace("torch.", ""),
+            self.device,
+            time.perf_counter() - t0,
+        )
         return model
 
     def _kv_bytes_budget(self) -> int:
@@ -100,12 +107,21 @@ class ModelRunner:
         if self.args.max_total_tokens is not None:
             slots = -(-self.args.max_total_tokens // page) * page
         else:
-            slots = KVPool.slots_for_bytes(self._kv_bytes_budget(), cfg.num_hidden_layers, cfg.num_key_value_heads,
-                                           cfg.head_dim, self.dtype, page)
+            slots = KVPool.slots_for_bytes(
+                self._kv_bytes_budget(),
+                cfg.num_hidden_layers,
+                cfg.num_key_value_heads,
+                cfg.head_dim,
+                self.dtype,
+                page,
+            )
         if slots < page:
-            raise RuntimeError("no memory is left for the KV cache: raise --mem-fraction-static or set "
-                               "--max-total-tokens")
-        return KVPool(cfg.num_hidden_layers, slots, cfg.num_key_value_heads, cfg.head_dim, self.dtype, self.device)
+            raise RuntimeError(
+                "no memory is left for the KV cache: raise --mem-fraction-static or set --max-total-tokens"
+            )
+        return KVPool(
+            cfg.num_hidden_layers, slots, cfg.num_key_value_heads, cfg.head_dim, self.dtype, self.device
+        )
 
     @torch.inference_mode()
     def step(self, batch: ForwardBatch, sample_rows: list[int], sampling: SamplingBatch | None) -> StepResult:

@@ -104,8 +104,11 @@ class RequestGroup:
 
 def init_output_state(req: Req, tokenizer: Tokenizer) -> None:
     p = req.params
-    req.detok = IncrementalDetokenizer(tokenizer, skip_special_tokens=p.skip_special_tokens,
-                                       spaces_between_special_tokens=p.spaces_between_special_tokens)
+    req.detok = IncrementalDetokenizer(
+        tokenizer,
+        skip_special_tokens=p.skip_special_tokens,
+        spaces_between_special_tokens=p.spaces_between_special_tokens,
+    )
     req.stop_matcher = StopStringMatcher(p.stop) if p.stop else None
     req.logprobs = [] if (p.logprobs or p.top_logprobs > 0) else None
 
@@ -123,10 +126,10 @@ def make_output(req: Req) -> RequestOutput:
         index=req.index,
         text=req.text[:text_end],
         output_ids=list(req.output_ids),
-        delta_text=req.text[req.sent_text_len:text_end],
-        delta_ids=req.output_ids[req.sent_ids_len:],
+        delta_text=req.text[req.sent_text_len : text_end],
+        delta_ids=req.output_ids[req.sent_ids_len :],
         logprobs=list(req.logprobs) if req.logprobs is not None else None,
-        delta_logprobs=req.logprobs[req.sent_logprobs_len:] if req.logprobs is not None else None,
+        delta_logprobs=req.logprobs[req.sent_logprobs_len :] if req.logprobs is not None else None,
         finished=finished,
         finish_reason=req.finish_reason,
         prompt_tokens=len(req.input_ids),

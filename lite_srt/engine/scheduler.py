@@ -55,11 +55,14 @@ class SchedulerCounters:
 
 
 class Scheduler:
-    def __init__(self, args: ServerArgs, runner: ModelRunner, run_step: Callable, context_length: int,
-                 vocab_size: int) -> None:
+    def __init__(
+        self, args: ServerArgs, runner: ModelRunner, run_step: Callable, context_length: int, vocab_size: int
+    ) -> None:
         self.args = args
         self.runner = runner
-        self.run_step = run_step  # async (ForwardBatch, sample_rows, SamplingBatch) -> StepResult on the thread
+        self.run_step = (
+            run_step  # async (ForwardBatch, sample_rows, SamplingBatch) -> StepResult on the thread
+        )
         self.context_length = context_length
         self.vocab_size = vocab_size
         self.kv = KVManager(runner.pool.num_slots, args.page_size, runner.table, args.disable_radix_cache)
@@ -67,7 +70,7 @@ class Scheduler:
         self.running: list[Req] = []
         self.chunked: Req | None = None  # a request part-way through a chunked prefill
         self.groups: dict[str, RequestGroup] = {}
-        self.pending_aborts: set[str] = set()
+        self.pending_aborts: dict[str, str] = {}  # rid -> why
         self.counters = SchedulerCounters()
         self.new_token_ratio = _RATIO_INIT * args.schedule_conservativeness
         self.wakeup = asyncio.Event()
@@ -83,10 +86,10 @@ class Scheduler:
             self.waiting.extend(group.reqs)
         self.wakeup.set()
 
-    def abort(self, rid: str) -> bool:
+    def abort(self, rid: str, message: str = "aborted by the client") -> bool:
         if rid not in self.groups:
             return False
-        self.pending_aborts.add(rid)
+        self.pending_aborts.setdefault(rid, message)
         self.wakeup.set()
         return True
 
@@ -96,23 +99,35 @@ class Scheduler:
 
     async def run_forever(self) -> None:
         while not self.stopped:
-            self._apply_aborts()
-            batch = self._schedule_prefill() or self._schedule_decode()
-            if batch is None:
-                if not self.running and not self.waiting and self.chunked is None:
-                    self.kv.check_invariant()  # idle: every slot is free or cached
-                self.wakeup.clear()
-                await self.wakeup.wait()
-                continue
             try:
-                result = (await self.run_step(batch.forward, batch.sample_rows, batch.sampling)
-                          if batch.forward.batch_size else StepResult([], None, None, None, 0.0))
-            except Exception as e:  # a failed step fails its requests; everyone else keeps being served
-                logger.exception("forward step failed")
+                await self._iteration()
+            except Exception as e:  # a bookkeeping bug must not leave callers waiting forever
+                logger.exception("scheduler iteration failed; failing all requests in flight")
                 self.last_step_error = e
-                self._fail_batch(batch, f"internal error in the forward step: {e}")
-                continue
-            self._process(batch, result)
+                for group in list(self.groups.values()):
+                    self._abort_group(group, f"internal error: {e!r}")
+
+    async def _iteration(self) -> None:
+        self._apply_aborts()
+        batch = self._schedule_prefill() or self._schedule_decode()
+        if batch is None:
+            if not self.running and not self.waiting and self.chunked is None:
+                self.kv.check_invariant()  # idle: every slot is free or cached
+            self.wakeup.clear()
+            await self.wakeup.wait()
+            return
+        try:
+            result = (
+                await self.run_step(batch.forward, batch.sample_rows, batch.sampling)
+                if batch.forward.batch_size
+                else StepResult([], None, None, None, 0.0)
+            )
+        except Exception as e:  # a failed step fails its requests; everyone else keeps being served
+            logger.exception("forward step failed")
+            self.last_step_error = e
+            self._fail_batch(batch, f"internal error in the forward step: {e}")
+            return
+        self._process(batch, result)
 
     def stop(self) -> None:
         self.stopped = True
@@ -122,8 +137,10 @@ class Scheduler:
     def _ordered_waiting(self) -> list[Req]:
         reqs = list(self.waiting)
         if self.args.schedule_policy == "lpm" and len(reqs) <= _LPM_MAX_QUEUE:
+
             def matched(r: Req) -> int:
                 return 0 if r.shared else self.kv.cache.match_prefix(r.fill_ids[:-1]).length
+
             reqs.sort(key=matched, reverse=True)
         return reqs
 
@@ -134,34 +151,36 @@ class Scheduler:
     def _schedule_prefill(self) -> ScheduledBatch | None:
         budget = self.args.chunked_prefill_size
         reqs: list[Req] = []
-        takes: list[int] = []
+        new_slots: list[torch.Tensor] = []
         if self.chunked is not None:
             req, self.chunked = self.chunked, None
-            take = self._admit(req, budget, force=True)
-            if take is None:  # decodes hold the memory; they finish or get retracted first
+            slots = self._admit(req, budget, force=True)
+            if slots is None:  # decodes hold the memory; they finish or get retracted first
                 self.chunked = req
                 return None
             reqs.append(req)
-            takes.append(take)
-            budget -= take
+            new_slots.append(slots)
+            budget -= len(slots)
         capacity = self.args.max_running_requests - len(self.running)
         for req in self._ordered_waiting():
             if budget <= 0 or len(reqs) >= capacity or self.chunked is not None:
                 break
-            take = self._admit(req, budget, force=not reqs and not self.running, admitted=reqs)
-            if take is None:
+            slots = self._admit(req, budget, force=not reqs and not self.running, admitted=reqs)
+            if slots is None:
                 break
             self.waiting.remove(req)
             reqs.append(req)
-            takes.append(take)
-            budget -= take
+            new_slots.append(slots)
+            budget -= len(slots)
         if not reqs:
             return None
-        return self._build(ForwardMode.EXTEND, reqs, takes)
+        return self._build(ForwardMode.EXTEND, reqs, new_slots)
 
-    def _admit(self, req: Req, budget: int, force: bool, admitted: list[Req] | None = None) -> int | None:
-        """Slots for the next prefill chunk of req (up to budget tokens), or None if memory does not admit it.
-        `force` skips the decode reserve (nothing else would make progress)."""
+    def _admit(
+        self, req: Req, budget: int, force: bool, admitted: list[Req] | None = None
+    ) -> torch.Tensor | None:
+        """Allocates the slots of req's next prefill chunk (up to budget tokens), or returns None if memory does
+        not admit it. `force` skips the decode reserve (nothing else would make progress)."""
         fresh = req.row is None
         if fresh and not self.kv.assign(req):
             return None
@@ -171,13 +190,16 @@ class Scheduler:
         need = req.fill_len - req.kv_len
         take = min(need, budget)
         reserve = 0 if force else self._decode_reserve((admitted or []) + [req])
-        if self.kv.slots_needed(req, take) + reserve > self.kv.available():
+        slots = self.kv.extend(req, take) if take else torch.empty(0, dtype=torch.int64)
+        if slots is None or (reserve and self.kv.slots_needed(req, 0) + reserve > self.kv.available()):
+            if slots is not None:  # the reserve for running requests' decodes would not be left
+                self.kv.unextend(req, slots)
             if fresh:
                 self.kv.release(req)
             return None
         if take < need:
             self.chunked = req
-        return take
+        return slots
 
     # -- decode ----------------------------------------------------------------------------------------
     def _schedule_decode(self) -> ScheduledBatch | None:
@@ -186,9 +208,12 @@ class Scheduler:
         self._make_room_for_decode()
         if not self.running:
             return None
-        self.new_token_ratio = max(self.new_token_ratio - _RATIO_DECAY * self.args.schedule_conservativeness,
-                                   _RATIO_MIN * self.args.schedule_conservativeness)
-        return self._build(ForwardMode.DECODE, list(self.running), [1] * len(self.running))
+        self.new_token_ratio = max(
+            self.new_token_ratio - _RATIO_DECAY * self.args.schedule_conservativeness,
+            _RATIO_MIN * self.args.schedule_conservativeness,
+        )
+        reqs = list(self.running)
+        return self._build(ForwardMode.DECODE, reqs, list(self.kv.extend_decode(reqs).split(1)))
 
     def _make_room_for_decode(self) -> None:
         """Evict, then retract the least-advanced requests until every running request fits one more token."""
@@ -197,8 +222,13 @@ class Scheduler:
             if need <= self.kv.available():
                 return
             if len(self.running) == 1:
-                self._finish(self.running[0], FinishReason("abort", message="the KV cache is too small for this "
-                                                           "request; raise --max-total-tokens"))
+                self._finish(
+                    self.running[0],
+                    FinishReason(
+                        "abort",
+                        message="the KV cache is too small for this request; raise --max-total-tokens",
+                    ),
+                )
                 return
             victim = min(self.running, key=lambda r: (len(r.output_ids), -len(r.input_ids)))
             self._retract(victim)
@@ -210,19 +240,19 @@ class Scheduler:
         req.num_retractions += 1
         self.counters.retractions += 1
         self.waiting.appendleft(req)
-        self.new_token_ratio = min(self.new_token_ratio + 0.2, 1.0) if self.args.schedule_conservativeness else 0.0
+        self.new_token_ratio = (
+            min(self.new_token_ratio + 0.2, 1.0) if self.args.schedule_conservativeness else 0.0
+        )
         logger.debug("retracted %s after %d tokens", req.rid, len(req.output_ids))
 
     # -- batch building --------------------------------------------------------------------------------
-    def _build(self, mode: ForwardMode, reqs: list[Req], takes: list[int]) -> ScheduledBatch:
+    def _build(self, mode: ForwardMode, reqs: list[Req], new_slots: list[torch.Tensor]) -> ScheduledBatch:
+        """The forward batch for reqs, whose new positions already have slots."""
         input_ids: list[int] = []
         positions: list[int] = []
-        new_slots: list[torch.Tensor] = []
         sample_rows: list[int] = []
+        takes = [int(s.numel()) for s in new_slots]
         for i, (req, take) in enumerate(zip(reqs, takes)):
-            slots = self.kv.extend(req, take) if take else torch.empty(0, dtype=torch.int64)
-            assert slots is not None  # admission/decode made room
-            new_slots.append(slots)
             fill = req.fill_ids
             input_ids.extend(fill[req.kv_len : req.kv_len + take])
             positions.extend(range(req.kv_len, req.kv_len + take))
@@ -231,19 +261,33 @@ class Scheduler:
         # A prefix job whose whole prompt was cached has nothing to run: keep it out of the forward batch.
         keep = [i for i, t in enumerate(takes) if t > 0]
         fb = ForwardBatch.build(
-            mode, input_ids, positions,
+            mode,
+            input_ids,
+            positions,
             torch.cat([new_slots[i] for i in keep]) if keep else torch.empty(0, dtype=torch.int64),
             [reqs[i].row for i in keep],  # type: ignore[misc]
-            [reqs[i].kv_len + takes[i] for i in keep], [takes[i] for i in keep],
-            self.runner.table.table, self.runner.device)
+            [reqs[i].kv_len + takes[i] for i in keep],
+            [takes[i] for i in keep],
+            self.runner.table.table,
+            self.runner.device,
+        )
         sampling = self._sampling_batch([reqs[i] for i in sample_rows]) if sample_rows else None
         # sample_rows index the forward batch's requests (those with tokens this step)
         pos_in_forward = {i: j for j, i in enumerate(keep)}
         return ScheduledBatch(mode, reqs, new_slots, [pos_in_forward[i] for i in sample_rows], fb, sampling)
 
     def _sampling_batch(self, reqs: list[Req]) -> SamplingBatch:
-        rows = [SamplerRow(params=r.params, seed=r.seed, step=len(r.output_ids), prompt_ids=r.input_ids,
-                           output_ids=r.output_ids, eos_ids=r.eos_ids) for r in reqs]
+        rows = [
+            SamplerRow(
+                params=r.params,
+                seed=r.seed,
+                step=len(r.output_ids),
+                prompt_ids=r.input_ids,
+                output_ids=r.output_ids,
+                eos_ids=r.eos_ids,
+            )
+            for r in reqs
+        ]
         return SamplingBatch.build(rows, self.vocab_size, self.runner.device)
 
     # -- results ---------------------------------------------------------------------------------------
@@ -331,10 +375,10 @@ class Scheduler:
 
     # -- aborts and failures ---------------------------------------------------------------------------
     def _apply_aborts(self) -> None:
-        for rid in list(self.pending_aborts):
+        for rid, message in list(self.pending_aborts.items()):
             group = self.groups.get(rid)
             if group is not None:
-                self._abort_group(group, "aborted by the client")
+                self._abort_group(group, message)
         self.pending_aborts.clear()
 
     def _abort_group(self, group: RequestGroup, message: str) -> None:

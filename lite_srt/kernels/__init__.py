@@ -19,8 +19,11 @@ try:  # the compiled extension is optional: CI without a compiler and fresh chec
     from lite_srt import _C  # type: ignore[attr-defined]
 except ImportError as e:  # pragma: no cover - depends on the build
     _C = None
-    logger.warning("lite_srt._C is not built (%s); using the torch reference kernels. "
-                   "Build it with `pip install --no-build-isolation -e .`.", e)
+    logger.warning(
+        "lite_srt._C is not built (%s); using the torch reference kernels. "
+        "Build it with `pip install --no-build-isolation -e .`.",
+        e,
+    )
 
 # LITE_SRT_KERNELS=reference forces the torch reference ops (A/B and debugging).
 _FORCE_REF = os.environ.get("LITE_SRT_KERNELS", "") == "reference"
@@ -35,7 +38,11 @@ def _native(name: str, t: torch.Tensor):
 
 
 def has_native(name: str, device: str) -> bool:
-    return _C is not None and not _FORCE_REF and hasattr(_C, f"{name}_{'cuda' if device.startswith('cuda') else 'cpu'}")
+    return (
+        _C is not None
+        and not _FORCE_REF
+        and hasattr(_C, f"{name}_{'cuda' if device.startswith('cuda') else 'cpu'}")
+    )
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -64,8 +71,9 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def rotary_embedding(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor,
-                     is_neox: bool) -> None:
+def rotary_embedding(
+    positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor, is_neox: bool
+) -> None:
     op = _native("rotary_embedding", q)
     if op is None:
         ref.rotary_embedding(positions, q, k, cos_sin_cache, is_neox)
@@ -73,8 +81,9 @@ def rotary_embedding(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, 
         op(positions, q, k, cos_sin_cache, is_neox)
 
 
-def store_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor, k: torch.Tensor,
-             v: torch.Tensor) -> None:
+def store_kv(
+    k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> None:
     op = _native("store_kv", k)
     if op is None:
         ref.store_kv(k_cache, v_cache, slots, k, v)
@@ -82,8 +91,18 @@ def store_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor, 
         op(k_cache, v_cache, slots, k, v)
 
 
-def decode_attention(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale: float) -> torch.Tensor:
-    op = _native("decode_attention", q)
+# Head dims the compiled attention kernels are built for; others use the reference.
+_NATIVE_HEAD_DIMS = (64, 128)
+
+
+def _native_attention(name: str, q: torch.Tensor):
+    return _native(name, q) if q.shape[-1] in _NATIVE_HEAD_DIMS else None
+
+
+def decode_attention(
+    q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale: float
+) -> torch.Tensor:
+    op = _native_attention("decode_attention", q)
     if op is None:
         return ref.decode_attention(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale)
     out = torch.empty_like(q)
@@ -91,12 +110,33 @@ def decode_attention(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_le
     return out
 
 
-def extend_attention(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, extend_lens,
-                     extend_start_loc, scale: float) -> torch.Tensor:
-    op = _native("extend_attention", q)
+def extend_attention(
+    q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, extend_lens, extend_start_loc, scale: float
+) -> torch.Tensor:
+    op = _native_attention("extend_attention", q)
     if op is None:
-        return ref.extend_attention(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, extend_lens,
-                                    extend_start_loc, scale)
+        return ref.extend_attention(
+            q,
+            k_cache,
+            v_cache,
+            req_to_token,
+            req_pool_indices,
+            seq_lens,
+            extend_lens,
+            extend_start_loc,
+            scale,
+        )
     out = torch.empty_like(q)
-    op(out, q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, extend_lens, extend_start_loc, scale)
+    op(
+        out,
+        q,
+        k_cache,
+        v_cache,
+        req_to_token,
+        req_pool_indices,
+        seq_lens,
+        extend_lens,
+        extend_start_loc,
+        scale,
+    )
     return out

@@ -62,7 +62,9 @@ def store_kv(
     v_cache[idx] = v[keep].to(v_cache.dtype)
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal_offset: int | None) -> torch.Tensor:
+def _attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal_offset: int | None
+) -> torch.Tensor:
     """q [n, Hq, D], k/v [m, Hkv, D] -> [n, Hq, D] in float32. Query i sees keys j <= causal_offset + i."""
     hq, hkv = q.shape[1], k.shape[1]
     group = hq // hkv
@@ -118,5 +120,7 @@ def extend_attention(
             continue
         slots = req_to_token[int(req_pool_indices[b]), :n_all].long()
         qb = q[start : start + n_ext]
-        out[start : start + n_ext] = _attend(qb, k_cache[slots], v_cache[slots], scale, n_all - n_ext).to(q.dtype)
+        out[start : start + n_ext] = _attend(qb, k_cache[slots], v_cache[slots], scale, n_all - n_ext).to(
+            q.dtype
+        )
     return out

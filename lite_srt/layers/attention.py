@@ -20,15 +20,26 @@ class PagedAttention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scale = head_dim**-0.5
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: ForwardBatch,
-                pool: KVPool) -> torch.Tensor:
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: ForwardBatch, pool: KVPool
+    ) -> torch.Tensor:
         """q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq * D]."""
         k_cache, v_cache = pool.k_buffers[self.layer_id], pool.v_buffers[self.layer_id]
         kernels.store_kv(k_cache, v_cache, batch.out_cache_loc, k, v)
         if batch.mode is ForwardMode.DECODE:
-            out = kernels.decode_attention(q, k_cache, v_cache, batch.req_to_token, batch.req_pool_indices,
-                                           batch.seq_lens, self.scale)
+            out = kernels.decode_attention(
+                q, k_cache, v_cache, batch.req_to_token, batch.req_pool_indices, batch.seq_lens, self.scale
+            )
         else:
-            out = kernels.extend_attention(q, k_cache, v_cache, batch.req_to_token, batch.req_pool_indices,
-                                           batch.seq_lens, batch.extend_lens, batch.extend_start_loc, self.scale)
+            out = kernels.extend_attention(
+                q,
+                k_cache,
+                v_cache,
+                batch.req_to_token,
+                batch.req_pool_indices,
+                batch.seq_lens,
+                batch.extend_lens,
+                batch.extend_start_loc,
+                self.scale,
+            )
         return out.reshape(out.shape[0], self.num_heads * self.head_dim)

@@ -29,7 +29,9 @@ def _llama3_scale(inv_freq: torch.Tensor, cfg: dict[str, Any]) -> torch.Tensor:
     return torch.where(mid, smoothed, out)
 
 
-def build_cos_sin_cache(rotary_dim: int, max_pos: int, base: float, scaling: dict[str, Any] | None) -> torch.Tensor:
+def build_cos_sin_cache(
+    rotary_dim: int, max_pos: int, base: float, scaling: dict[str, Any] | None
+) -> torch.Tensor:
     """[max_pos, rotary_dim] float32: cos of the rotary_dim/2 frequencies, then their sin."""
     inv_freq = _inv_freq(rotary_dim, base)
     positions = torch.arange(max_pos, dtype=torch.float32)
@@ -45,11 +47,14 @@ def build_cos_sin_cache(rotary_dim: int, max_pos: int, base: float, scaling: dic
 
 
 class RotaryEmbedding(nn.Module):
-    def __init__(self, head_dim: int, max_pos: int, base: float, scaling: dict[str, Any] | None,
-                 is_neox: bool = True) -> None:
+    def __init__(
+        self, head_dim: int, max_pos: int, base: float, scaling: dict[str, Any] | None, is_neox: bool = True
+    ) -> None:
         super().__init__()
         self.is_neox = is_neox
-        self.register_buffer("cos_sin_cache", build_cos_sin_cache(head_dim, max_pos, base, scaling), persistent=False)
+        self.register_buffer(
+            "cos_sin_cache", build_cos_sin_cache(head_dim, max_pos, base, scaling), persistent=False
+        )
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> None:
         """In place on q [T, Hq, D] and k [T, Hkv, D]."""

@@ -25,5 +25,6 @@ def model_class(cfg: ModelConfig) -> type[nn.Module]:
     cls = _REGISTRY.get(cfg.architecture)
     if cls is None:
         raise UnsupportedArchitectureError(
-            f"architecture {cfg.architecture!r} is not supported; supported: {', '.join(supported_architectures())}")
+            f"architecture {cfg.architecture!r} is not supported; supported: {', '.join(supported_architectures())}"
+        )
     return cls

@@ -48,7 +48,7 @@ class WeightMapper:
     def load_one(self, ckpt_name: str, tensor: torch.Tensor) -> None:
         if ckpt_name.endswith(_IGNORED_SUFFIXES):
             return
-        name = ckpt_name[len(self.hf_prefix):] if ckpt_name.startswith(self.hf_prefix) else ckpt_name
+        name = ckpt_name[len(self.hf_prefix) :] if ckpt_name.startswith(self.hf_prefix) else ckpt_name
         if name == "lm_head.weight" and "lm_head.weight" not in self.params:
             return  # tied embeddings: some checkpoints still store the (identical) head
         for frag, (merged, shard) in self.stacked.items():
@@ -57,8 +57,9 @@ class WeightMapper:
                 return
         param = self.params.get(name)
         if param is None:
-            raise ModelLoadError(f"checkpoint tensor {ckpt_name!r} matches no parameter of "
-                                 f"{type(self.model).__name__}")
+            raise ModelLoadError(
+                f"checkpoint tensor {ckpt_name!r} matches no parameter of {type(self.model).__name__}"
+            )
         self._copy(ckpt_name, param.data, tensor)
         self.loaded.add(name)
 
@@ -66,8 +67,9 @@ class WeightMapper:
         param = self.params.get(param_name)
         module = self.modules.get(param_name.rsplit(".", 1)[0])
         if param is None or not isinstance(module, ShardedParam):
-            raise ModelLoadError(f"checkpoint tensor {ckpt_name!r} matches no parameter of "
-                                 f"{type(self.model).__name__}")
+            raise ModelLoadError(
+                f"checkpoint tensor {ckpt_name!r} matches no parameter of {type(self.model).__name__}"
+            )
         offset, rows = module.shards[shard]
         self._copy(ckpt_name, param.data.narrow(0, offset, rows), tensor)
         self.loaded.add(f"{param_name}#{shard}")
@@ -75,8 +77,9 @@ class WeightMapper:
     @staticmethod
     def _copy(ckpt_name: str, dst: torch.Tensor, src: torch.Tensor) -> None:
         if tuple(dst.shape) != tuple(src.shape):
-            raise ShapeMismatchError(f"tensor {ckpt_name!r} has shape {tuple(src.shape)}, "
-                                     f"but the model expects {tuple(dst.shape)}")
+            raise ShapeMismatchError(
+                f"tensor {ckpt_name!r} has shape {tuple(src.shape)}, but the model expects {tuple(dst.shape)}"
+            )
         dst.copy_(src.to(dst.dtype))
 
     def expected(self) -> set[str]:
