@@ -189,7 +189,17 @@ def test_empty_or_non_string_stops_are_rejected() -> None:
 )
 def test_streaming_find_equals_search_of_full_text(text: str, stops: list[str], cuts: list[int]) -> None:
     m = StopStringMatcher(stops)
-    expected = min(((text.find(s), s) for s in stops if s in text), key=lambda h: h[0], default=None)
+
+    def first_hit(prefix: str) -> tuple[int, str] | None:
+        return min(((prefix.find(s), s) for s in stops if s in prefix), key=lambda h: h[0], default=None)
+
+    # A stream stops at the first delta after which some stop string is present, at that text's earliest
+    # match (a longer stop string that would have started earlier, had more text come, never gets the chance).
+    prefixes, pos = [], 0
+    for n in [*cuts, len(text)]:
+        pos = min(pos + n, len(text))
+        prefixes.append(text[:pos])
+    expected = next((h for h in map(first_hit, prefixes) if h is not None), None)
     seen, found, pos = "", None, 0
     for n in [*cuts, len(text)]:
         prev, seen = len(seen), text[: pos + n]

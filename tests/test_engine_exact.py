@@ -19,15 +19,17 @@ LONG_TEXT = (
 PROMPTS = [
     "Hello",
     "The capital of France is",
-    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    if n < 2:\n        return n\n",
+    'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n    if n < 2:\n        return n\n',
     "请用一句话介绍一下北京。",
     "Emoji story: 🚀🌕👩‍🚀 The astronaut said",
     LONG_TEXT + "In summary,",
 ]
 CHATS = [
     [{"role": "user", "content": "What is 2 + 2? Answer briefly."}],
-    [{"role": "system", "content": "You are a terse assistant."},
-     {"role": "user", "content": "Name three primary colors."}],
+    [
+        {"role": "system", "content": "You are a terse assistant."},
+        {"role": "user", "content": "Name three primary colors."},
+    ],
 ]
 
 
@@ -36,13 +38,22 @@ def cases(hf_reference) -> list[dict]:
     """Prompt ids and the reference greedy continuation + first-position top-5 logprobs from transformers."""
     model, tok = hf_reference
     ids = [tok(p)["input_ids"] for p in PROMPTS]
-    ids += [list(tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True)["input_ids"]) for c in CHATS]
+    ids += [
+        list(tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True)["input_ids"])
+        for c in CHATS
+    ]
     out = []
     for x in ids:
         with torch.no_grad():
-            g = model.generate(torch.tensor([x]), max_new_tokens=MAX_NEW, do_sample=False, output_logits=True,
-                               return_dict_in_generate=True, pad_token_id=tok.eos_token_id)
-        new = g.sequences[0, len(x):].tolist()
+            g = model.generate(
+                torch.tensor([x]),
+                max_new_tokens=MAX_NEW,
+                do_sample=False,
+                output_logits=True,
+                return_dict_in_generate=True,
+                pad_token_id=tok.eos_token_id,
+            )
+        new = g.sequences[0, len(x) :].tolist()
         top = [torch.log_softmax(lg[0].float(), -1).topk(5) for lg in g.logits[:3]]
         out.append({"ids": x, "ref": new, "top": [(t.indices.tolist(), t.values.tolist()) for t in top]})
     assert 1 <= min(len(c["ids"]) for c in out) and max(len(c["ids"]) for c in out) >= 300
@@ -95,8 +106,9 @@ def test_radix_cache_reuses_prefix_with_same_tokens(engine, cases):
 
 def test_top5_logprobs_match_transformers(engine, cases):
     for case in cases:
-        res = engine.generate(input_ids=case["ids"], sampling_params=_greedy(max_new_tokens=3, top_logprobs=5,
-                                                                             logprobs=True))
+        res = engine.generate(
+            input_ids=case["ids"], sampling_params=_greedy(max_new_tokens=3, top_logprobs=5, logprobs=True)
+        )
         tops = res["meta_info"]["output_top_logprobs"]
         for (ref_ids, ref_vals), ours in zip(case["top"], tops):
             assert [t for _, t in ours] == ref_ids
@@ -118,8 +130,13 @@ def test_retracted_requests_finish_with_same_tokens(smollm_gguf_path, cases, dis
     longest = max(len(c["ids"]) for c in cases)
     # Room for the longest prompt and a little more: admitting greedily (conservativeness 0) must run out
     # of KV while decoding, so requests get retracted and resumed.
-    e = Engine(model_path=smollm_gguf_path, max_total_tokens=longest + 96, schedule_conservativeness=0.0,
-               disable_radix_cache=disable_radix_cache, chunked_prefill_size=128)
+    e = Engine(
+        model_path=smollm_gguf_path,
+        max_total_tokens=longest + 96,
+        schedule_conservativeness=0.0,
+        disable_radix_cache=disable_radix_cache,
+        chunked_prefill_size=128,
+    )
     try:
         _check(cases, e.generate(input_ids=[c["ids"] for c in cases], sampling_params=_greedy()))
         stats = e.get_stats()
