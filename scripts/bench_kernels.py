@@ -129,7 +129,39 @@ def extend_rows() -> list[Row]:
             except RuntimeError as exc:
                 rows.append(Row(f"sdpa {name}", shape, float("nan"), note=f"unavailable: {str(exc)[:60]}"))
         del kc, vc, qs, ks, vs
+    rows.append(ragged_extend_row())
     return rows
+
+
+def ragged_extend_row() -> Row:
+    """A chunked-prefill-like batch: 8 requests, new tokens 256..2048 on cached prefixes 0..6144 (no SDPA
+    equivalent in one call, so TFLOP/s only; compare with the 4k causal rows)."""
+    ext = [2048, 256, 1024, 512, 2048, 768, 1536, 384]
+    prefix = [0, 4096, 1024, 6144, 2048, 0, 512, 3072]
+    hq, hkv, d = 32, 8, 128
+    lens = [e + p for e, p in zip(ext, prefix, strict=True)]
+    slots = sum(lens)
+    kc = torch.randn(slots, hkv, d, device=DEV, dtype=DT)
+    vc = torch.randn_like(kc)
+    perm = torch.randperm(slots, device=DEV, dtype=torch.int32)
+    table = torch.zeros(len(ext), max(lens), device=DEV, dtype=torch.int32)
+    used = 0
+    for i, n in enumerate(lens):
+        table[i, :n] = perm[used : used + n]
+        used += n
+    rpi = torch.arange(len(ext), device=DEV, dtype=torch.int32)
+    seq_t = torch.tensor(lens, device=DEV, dtype=torch.int32)
+    ext_t = torch.tensor(ext, device=DEV, dtype=torch.int32)
+    starts = torch.tensor([0, *torch.tensor(ext).cumsum(0)[:-1].tolist()], device=DEV, dtype=torch.int32)
+    q = torch.randn(sum(ext), hq, d, device=DEV, dtype=DT)
+    out = torch.empty_like(q)
+    fn = partial(_C.extend_attention_cuda, out, q, kc, vc, table, rpi, seq_t, ext_t, starts, 1 / math.sqrt(d))
+    ms = bench(fn)
+    pairs = sum(e * p + e * (e + 1) / 2 for e, p in zip(ext, prefix, strict=True))
+    shape = f"ragged 8 req {sum(ext)} new tok +prefix"
+    return Row(
+        "extend_attention", shape, ms, tflops=4 * hq * d * pairs / ms / 1e9, note="paged, scattered slots"
+    )
 
 
 def elementwise_rows() -> list[Row]:

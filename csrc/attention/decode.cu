@@ -1,17 +1,22 @@
 // Paged decode attention: one query token per request, K/V gathered through req_to_token.
 //
-// Grid = (split, kv head x query-head chunk, request). A block streams its share of the request's keys once and
-// applies them to every query head of the GQA group (up to GMAX heads in registers), so each K/V row is read
-// from HBM once per group. Within a block, a key is handled by TPK = head_dim / (16 B / sizeof(T)) lanes, each
-// holding one 16-byte slice of K and V; every lane group keeps its own online softmax (base-2 exponent, scale
-// folded into q), and groups are merged through shared memory at the end. Long contexts are cut into splits
-// (chosen from the SM count so the grid fills the GPU) whose normalized partials and log-sum-exps a second
-// kernel merges.
+// Tensor-core path (fp16/bf16, NVIDIA sm_80+): grid = (split, KV head x chunk of <= 16 query heads, request).
+// The query heads of a GQA group are the rows of one 16-row mma tile, so every K/V row is read from HBM once
+// for the whole group. The block streams its split of the keys in 64-key tiles gathered with cp.async into a
+// 3-stage shared-memory ring (the slot indices of later tiles are prefetched into shared memory, so no load
+// waits on an index load); each of the 4 warps takes 16 keys of a tile, runs S = Q K^T and O += P V with
+// ldmatrix + mma.sync, keeps its own online softmax, and the warps are merged through shared memory at the end.
+// Splits are chosen from the SM count so the grid fills the GPU; a second kernel merges their partials by
+// log-sum-exp.
+//
+// SIMT path (float32, ROCm): a key is handled by head_dim / (16 B / sizeof(T)) lanes with 16-byte loads and the
+// group's query heads in registers; lane groups keep their own online softmax, merged through shared memory.
 #include <algorithm>
 #include <cfloat>
 
 #include "../cuda_utils.cuh"
 #include "attention.h"
+#include "attn_mma.cuh"
 
 namespace lite_srt {
 namespace {
@@ -21,7 +26,7 @@ constexpr int kMaxSplits = 64;
 constexpr float kLog2e = 1.4426950408889634f;
 
 template <typename T, int D, int GMAX>
-__global__ void __launch_bounds__(kThreads) decode_kernel(AttentionArgs a, int num_splits, float* ws_out,
+__global__ void __launch_bounds__(kThreads) decode_simt_kernel(AttentionArgs a, int num_splits, float* ws_out,
                                                           float* ws_lse) {
   constexpr int VEC = 16 / sizeof(T);
   constexpr int TPK = D / VEC;  // lanes per key
@@ -157,6 +162,174 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(AttentionArgs a, int n
   }
 }
 
+#if !defined(USE_ROCM)
+constexpr int kMmaThreads = 128;  // 4 warps, each 16 keys of a tile
+constexpr int kTileKeys = 64;
+constexpr int kStages = 3;
+constexpr int kMaxRows = 16;  // query heads per block: the rows of one mma tile
+
+template <typename T, int D>
+constexpr size_t decode_smem_bytes() {
+  constexpr size_t kv = 2 * kStages * attn::KVTile<T, D, kTileKeys>::kElems * sizeof(T);
+  constexpr size_t merge = (kMmaThreads / WARP_SIZE) * kMaxRows * (D + 2) * sizeof(float);
+  return (kv > merge ? kv : merge) + kStages * kTileKeys * sizeof(int);
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kMmaThreads, 2)
+    decode_mma_kernel(AttentionArgs a, int num_splits, int chunks, float* ws_out, float* ws_lse) {
+  using Tile = attn::KVTile<T, D, kTileKeys>;
+  constexpr int kStride = Tile::kStride;
+  constexpr int kWarps = kMmaThreads / WARP_SIZE;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* ks = reinterpret_cast<T*>(smem_raw);
+  T* vs = ks + kStages * Tile::kElems;
+  int* sm_slot = reinterpret_cast<int*>(smem_raw + decode_smem_bytes<T, D>() - kStages * kTileKeys * sizeof(int));
+
+  const int64_t b = blockIdx.z;
+  const int64_t group = a.q_heads / a.kv_heads;
+  const int64_t kvh = blockIdx.y / chunks;
+  const int64_t head0 = kvh * group + (blockIdx.y % chunks) * kMaxRows;
+  const int n_heads = static_cast<int>(min(static_cast<int64_t>(kMaxRows), kvh * group + group - head0));
+  const int64_t seq_len = a.seq_lens[b];
+  // Tile-aligned splits, so only a split's last tile is partial.
+  const int64_t per_split = ceil_div(ceil_div(seq_len, num_splits), kTileKeys) * kTileKeys;
+  const int64_t j_begin = blockIdx.x * per_split;
+  const int64_t j_end = min(seq_len, j_begin + per_split);
+  const int n_tiles = j_end > j_begin ? static_cast<int>(ceil_div(j_end - j_begin, kTileKeys)) : 0;
+  const int64_t table_row = a.req_pool_indices[b] * a.req_to_token_stride;
+
+  const int warp = threadIdx.x / WARP_SIZE;
+  const int lane = threadIdx.x % WARP_SIZE;
+  const int g = lane >> 2;
+  const int tig = lane & 3;
+
+  uint32_t qa[D / 16][4];
+  {
+    const T* qb = static_cast<const T*>(a.q) + b * a.q_stride.row + head0 * a.q_stride.head;
+    const bool v0 = g < n_heads, v1 = g + 8 < n_heads;
+    attn::load_q_frags<T, D>(qa, qb + (v0 ? g : 0) * a.q_stride.head, qb + (v1 ? g + 8 : 0) * a.q_stride.head, v0,
+                             v1, tig);
+  }
+  float o[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  attn::RowState st;
+  const float qk_scale = a.scale * attn::kLog2e;
+  const T* k_base = static_cast<const T*>(a.k_cache) + kvh * a.k_stride.head;
+  const T* v_base = static_cast<const T*>(a.v_cache) + kvh * a.v_stride.head;
+
+  // Slot indices run two tiles ahead of the K/V copies: the ring holds the slots of the next kStages tiles, two
+  // registers the two after, so issuing a copy never waits on a table load.
+  const int tid = threadIdx.x;
+  int next0 = -1, next1 = -1;
+  if (tid < kTileKeys) {
+#pragma unroll
+    for (int s = 0; s < kStages; ++s) sm_slot[s * kTileKeys + tid] = attn::slot_at(a, table_row, j_begin + s * kTileKeys + tid, j_end);
+    next0 = attn::slot_at(a, table_row, j_begin + kStages * kTileKeys + tid, j_end);
+    next1 = attn::slot_at(a, table_row, j_begin + (kStages + 1) * kTileKeys + tid, j_end);
+  }
+  __syncthreads();
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < n_tiles) {
+      attn::issue_kv_tile<T, D, kTileKeys, kMmaThreads>(ks + s * Tile::kElems, vs + s * Tile::kElems,
+                                                        sm_slot + s * kTileKeys, k_base, a.k_stride.row, v_base,
+                                                        a.v_stride.row);
+    }
+    attn::cp_async_commit();
+  }
+
+  for (int it = 0; it < n_tiles; ++it) {
+    attn::cp_async_wait<kStages - 2>();
+    __syncthreads();  // tile `it` is visible to all; every warp is done with the stage refilled below
+    const int pre = it + kStages - 1;
+    if (pre < n_tiles) {
+      const int st_i = pre % kStages;
+      attn::issue_kv_tile<T, D, kTileKeys, kMmaThreads>(ks + st_i * Tile::kElems, vs + st_i * Tile::kElems,
+                                                        sm_slot + st_i * kTileKeys, k_base, a.k_stride.row, v_base,
+                                                        a.v_stride.row);
+    }
+    attn::cp_async_commit();
+    if (tid < kTileKeys) {  // the ring entry of tile `it` is free: it now holds tile it + kStages
+      sm_slot[(it % kStages) * kTileKeys + tid] = next0;
+      next0 = next1;
+      next1 = attn::slot_at(a, table_row, j_begin + (it + kStages + 2) * static_cast<int64_t>(kTileKeys) + tid, j_end);
+    }
+
+    const int stage = it % kStages;
+    const int64_t jw = j_begin + static_cast<int64_t>(it) * kTileKeys + warp * 16;  // this warp's first key
+    if (jw < j_end) {
+      float s[2][4];
+#pragma unroll
+      for (int n = 0; n < 2; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+      attn::qk_tile<T, D, 2>(s, qa, ks + stage * Tile::kElems + warp * 16 * kStride, lane);
+      if (jw + 16 > j_end) {
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            if (jw + n * 8 + tig * 2 + (e & 1) >= j_end) s[n][e] = -INFINITY;
+          }
+        }
+      }
+      attn::softmax_step<2, D / 8>(s, o, st, qk_scale);
+      attn::pv_tile<T, D, 2>(o, s, vs + stage * Tile::kElems + warp * 16 * kStride, lane);
+    }
+  }
+  attn::cp_async_wait<0>();
+  __syncthreads();  // the K/V ring is reused below for the merge
+
+  // Merge the 4 warps' softmax states per query head through shared memory.
+  float* sm_o = reinterpret_cast<float*>(smem_raw);     // [warp][row][D]
+  float* sm_ml = sm_o + kWarps * kMaxRows * D;          // [warp][row][2]: m (scaled, base 2), l
+  const float l0 = attn::quad_sum(st.l0), l1 = attn::quad_sum(st.l1);
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+    const int c = n * 8 + tig * 2;
+    sm_o[(warp * kMaxRows + g) * D + c] = o[n][0];
+    sm_o[(warp * kMaxRows + g) * D + c + 1] = o[n][1];
+    sm_o[(warp * kMaxRows + g + 8) * D + c] = o[n][2];
+    sm_o[(warp * kMaxRows + g + 8) * D + c + 1] = o[n][3];
+  }
+  if (tig == 0) {
+    sm_ml[(warp * kMaxRows + g) * 2] = st.m0 * qk_scale;
+    sm_ml[(warp * kMaxRows + g) * 2 + 1] = l0;
+    sm_ml[(warp * kMaxRows + g + 8) * 2] = st.m1 * qk_scale;
+    sm_ml[(warp * kMaxRows + g + 8) * 2 + 1] = l1;
+  }
+  __syncthreads();
+  for (int idx = tid; idx < n_heads * D; idx += kMmaThreads) {
+    const int r = idx / D;
+    const int d = idx % D;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      if (sm_ml[(w * kMaxRows + r) * 2 + 1] > 0.0f) mx = fmaxf(mx, sm_ml[(w * kMaxRows + r) * 2]);
+    }
+    float total_l = 0.0f, total_o = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float l = sm_ml[(w * kMaxRows + r) * 2 + 1];
+      if (l > 0.0f) {
+        const float wgt = exp2f(sm_ml[(w * kMaxRows + r) * 2] - mx);
+        total_l += l * wgt;
+        total_o += sm_o[(w * kMaxRows + r) * D + d] * wgt;
+      }
+    }
+    const float out = total_l > 0.0f ? total_o / total_l : 0.0f;  // an empty context gives zeros, as the reference
+    const int64_t head = head0 + r;
+    if (num_splits == 1) {
+      static_cast<T*>(a.out)[b * a.out_stride.row + head * a.out_stride.head + d] = from_float<T>(out);
+    } else {
+      const int64_t part = (b * a.q_heads + head) * num_splits + blockIdx.x;
+      ws_out[part * D + d] = out;
+      if (d == 0) ws_lse[part] = total_l > 0.0f ? mx + log2f(total_l) : -FLT_MAX;
+    }
+  }
+}
+#endif  // !USE_ROCM
+
 // out = sum_s o_s * 2^(lse_s - lse), one block per (request, head), one thread per element of the head.
 template <typename T>
 __global__ void merge_splits_kernel(AttentionArgs a, int num_splits, const float* ws_out, const float* ws_lse) {
@@ -181,62 +354,96 @@ __global__ void merge_splits_kernel(AttentionArgs a, int num_splits, const float
 
 int gmax_for(int64_t group) { return group >= 8 ? 8 : group >= 4 ? 4 : group >= 2 ? 2 : 1; }
 
-// Splits so that the grid has about 8 blocks per SM; the context length lives on the device, so each request
-// divides its own keys evenly over this many splits (empty splits cost one early exit).
-int choose_splits(const AttentionArgs& a) {
+// How a launch is cut: which kernel, how many head chunks per KV head, how many key splits per request.
+struct DecodePlan {
+  bool mma;
+  int chunks;
+  int splits;
+};
+
+// Splits fill the GPU: about `waves` resident blocks' worth per SM. The context length lives on the device, so
+// each request divides its own keys over this many splits (empty splits cost one early exit).
+DecodePlan plan_decode(const AttentionArgs& a) {
   const int64_t group = a.q_heads / a.kv_heads;
-  const int64_t chunks = ceil_div(group, gmax_for(group));
+#if !defined(USE_ROCM)
+  const bool mma = a.dtype != DType::kFloat32;
+#else
+  const bool mma = false;
+#endif
+  const int64_t chunks = mma ? ceil_div(group, 16) : ceil_div(group, gmax_for(group));
   const int64_t blocks = std::max<int64_t>(1, a.batch * a.kv_heads * chunks);
-  const int64_t target = static_cast<int64_t>(current_num_sms()) * 8;
-  return static_cast<int>(std::clamp<int64_t>(ceil_div(target, blocks), 1, kMaxSplits));
+  const int64_t target = static_cast<int64_t>(current_num_sms()) * (mma ? 2 : 8);
+  const int splits = static_cast<int>(std::clamp<int64_t>(ceil_div(target, blocks), 1, kMaxSplits));
+  return {mma, static_cast<int>(chunks), splits};
 }
 
 template <typename T, int D, int GMAX>
-void launch_typed(const AttentionArgs& a, int splits, float* ws_out, float* ws_lse, cudaStream_t stream) {
+void launch_simt(const AttentionArgs& a, int splits, float* ws_out, float* ws_lse, cudaStream_t stream) {
   const int64_t group = a.q_heads / a.kv_heads;
   const dim3 grid(splits, static_cast<unsigned>(a.kv_heads * ceil_div(group, GMAX)), static_cast<unsigned>(a.batch));
-  decode_kernel<T, D, GMAX><<<grid, kThreads, 0, stream>>>(a, splits, ws_out, ws_lse);
-  if (splits > 1) {
-    merge_splits_kernel<T><<<static_cast<unsigned>(a.batch * a.q_heads), D, 0, stream>>>(a, splits, ws_out, ws_lse);
+  decode_simt_kernel<T, D, GMAX><<<grid, kThreads, 0, stream>>>(a, splits, ws_out, ws_lse);
+}
+
+template <typename T, int D>
+void launch_simt_gmax(const AttentionArgs& a, int splits, float* ws_out, float* ws_lse, cudaStream_t stream) {
+  switch (gmax_for(a.q_heads / a.kv_heads)) {
+    case 8:
+      launch_simt<T, D, 8>(a, splits, ws_out, ws_lse, stream);
+      break;
+    case 4:
+      launch_simt<T, D, 4>(a, splits, ws_out, ws_lse, stream);
+      break;
+    case 2:
+      launch_simt<T, D, 2>(a, splits, ws_out, ws_lse, stream);
+      break;
+    default:
+      launch_simt<T, D, 1>(a, splits, ws_out, ws_lse, stream);
   }
 }
 
 template <typename T, int D>
-void launch_gmax(const AttentionArgs& a, int splits, float* ws_out, float* ws_lse, cudaStream_t stream) {
-  switch (gmax_for(a.q_heads / a.kv_heads)) {
-    case 8:
-      launch_typed<T, D, 8>(a, splits, ws_out, ws_lse, stream);
-      break;
-    case 4:
-      launch_typed<T, D, 4>(a, splits, ws_out, ws_lse, stream);
-      break;
-    case 2:
-      launch_typed<T, D, 2>(a, splits, ws_out, ws_lse, stream);
-      break;
-    default:
-      launch_typed<T, D, 1>(a, splits, ws_out, ws_lse, stream);
+void launch_typed(const AttentionArgs& a, const DecodePlan& plan, float* ws_out, float* ws_lse, cudaStream_t stream) {
+#if !defined(USE_ROCM)
+  if constexpr (sizeof(T) == 2) {
+    if (plan.mma) {
+      constexpr size_t smem = decode_smem_bytes<T, D>();
+      set_smem_opt_in<decode_mma_kernel<T, D>>(smem);
+      const dim3 grid(plan.splits, static_cast<unsigned>(a.kv_heads * plan.chunks), static_cast<unsigned>(a.batch));
+      decode_mma_kernel<T, D><<<grid, kMmaThreads, smem, stream>>>(a, plan.splits, plan.chunks, ws_out, ws_lse);
+    } else {
+      launch_simt_gmax<T, D>(a, plan.splits, ws_out, ws_lse, stream);
+    }
+  } else {
+    launch_simt_gmax<T, D>(a, plan.splits, ws_out, ws_lse, stream);
+  }
+#else
+  launch_simt_gmax<T, D>(a, plan.splits, ws_out, ws_lse, stream);
+#endif
+  if (plan.splits > 1) {
+    merge_splits_kernel<T>
+        <<<static_cast<unsigned>(a.batch * a.q_heads), D, 0, stream>>>(a, plan.splits, ws_out, ws_lse);
   }
 }
 
 }  // namespace
 
 int64_t decode_attention_workspace_bytes(const AttentionArgs& a) {
-  const int splits = choose_splits(a);
-  if (splits == 1) return 0;
-  return a.batch * a.q_heads * splits * (a.head_dim + 1) * static_cast<int64_t>(sizeof(float));
+  const DecodePlan plan = plan_decode(a);
+  if (plan.splits == 1) return 0;
+  return a.batch * a.q_heads * plan.splits * (a.head_dim + 1) * static_cast<int64_t>(sizeof(float));
 }
 
 void launch_decode_attention(const AttentionArgs& a, void* workspace, cudaStream_t stream) {
   if (a.batch == 0) return;
-  const int splits = choose_splits(a);
+  const DecodePlan plan = plan_decode(a);
   float* ws_out = static_cast<float*>(workspace);
-  float* ws_lse = ws_out + a.batch * a.q_heads * splits * a.head_dim;
+  float* ws_lse = ws_out + a.batch * a.q_heads * plan.splits * a.head_dim;
   dispatch_cuda_dtype(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     if (a.head_dim == 64) {
-      launch_gmax<T, 64>(a, splits, ws_out, ws_lse, stream);
+      launch_typed<T, 64>(a, plan, ws_out, ws_lse, stream);
     } else {
-      launch_gmax<T, 128>(a, splits, ws_out, ws_lse, stream);
+      launch_typed<T, 128>(a, plan, ws_out, ws_lse, stream);
     }
   });
   check_launch("decode_attention");
