@@ -58,6 +58,11 @@ class ServerArgs:
         "(0 = admit greedily and rely on retraction)",
         1.0,
     )
+    # GPU
+    disable_cuda_graph: bool = _opt("run decode eagerly instead of replaying CUDA graphs (A/B)", False)
+    cuda_graph_max_bs: int | None = _opt(
+        "largest decode batch captured in a CUDA graph (default: by GPU memory)"
+    )
     # Server
     host: str = _opt("bind address", "127.0.0.1")
     port: int = _opt("bind port", 30000)

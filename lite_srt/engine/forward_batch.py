@@ -58,7 +58,7 @@ class ForwardBatch:
             mode=mode,
             input_ids=torch.tensor(input_ids, dtype=torch.int64).to(device, non_blocking=True),
             positions=torch.tensor(positions, dtype=torch.int64).to(device, non_blocking=True),
-            out_cache_loc=out_cache_loc.to(device, non_blocking=True),
+            out_cache_loc=out_cache_loc.contiguous().to(device, non_blocking=True),
             req_pool_indices=torch.tensor(req_pool_indices, dtype=torch.int64).to(device, non_blocking=True),
             seq_lens=torch.tensor(seq_lens, dtype=torch.int64).to(device, non_blocking=True),
             extend_lens=ext.to(device, non_blocking=True),

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from lite_srt.config import ServerArgs
-from lite_srt.engine.forward_batch import ForwardBatch
+from lite_srt.engine.cuda_graph import CudaGraphRunner
+from lite_srt.engine.forward_batch import ForwardBatch, ForwardMode
 from lite_srt.engine.sampler import SamplingBatch, sample
 from lite_srt.loader import iter_weights, resolve_load_format
 from lite_srt.loader.model_config import ModelConfig
@@ -62,9 +63,16 @@ class ModelRunner:
         self.cfg = cfg
         self.context_length = context_length
         self.model = self._load_model(model_path)
-        self.pool = self._make_pool()
-        # Extra rows beyond max_running_requests: a chunked prefill and shared n>1 prompts hold rows too.
-        self.table = ReqToTokenTable(args.max_running_requests * 2 + 16, context_length + 1, self.device)
+        try:
+            self.pool = self._make_pool()
+            # Extra rows beyond max_running_requests: a chunked prefill and shared n>1 prompts hold rows too.
+            self.table = ReqToTokenTable(args.max_running_requests * 2 + 16, context_length + 1, self.device)
+            self.graphs = self._capture_graphs()
+        except torch.cuda.OutOfMemoryError as e:
+            raise RuntimeError(
+                f"out of GPU memory at startup ({e}). Lower --mem-fraction-static or --max-total-tokens to leave "
+                "more room for activations, or lower --chunked-prefill-size / --cuda-graph-max-bs"
+            ) from e
 
     def _load_model(self, model_path: str) -> torch.nn.Module:
         t0 = time.perf_counter()
@@ -95,12 +103,60 @@ class ModelRunner:
         return model
 
     def _kv_bytes_budget(self) -> int:
+        """Bytes for the KV pool: on a GPU, the static fraction of memory less the weights (already loaded)
+        and the activations of a prefill at the largest chunk (measured by running one)."""
         if self.device.type == "cpu":
             return _CPU_KV_BYTES
+        activations = self._measure_prefill_activations()
         free, total = torch.cuda.mem_get_info(self.device)
         frac = self.args.mem_fraction_static or _GPU_MEM_FRACTION
-        used = total - free
-        return max(int(total * frac) - used, 0)
+        budget = int(total * frac) - (total - free) - activations
+        logger.info(
+            "GPU memory: %.1f GiB total, %.1f GiB in use after loading, %.2f GiB for prefill activations;"
+            " KV pool gets %.1f GiB (--mem-fraction-static %.2f)",
+            total / 2**30,
+            (total - free) / 2**30,
+            activations / 2**30,
+            max(budget, 0) / 2**30,
+            frac,
+        )
+        return max(budget, 0)
+
+    @torch.inference_mode()
+    def _measure_prefill_activations(self) -> int:
+        """Peak memory of one forward over chunked_prefill_size tokens, beyond its (temporary) KV."""
+        n = min(self.args.chunked_prefill_size, self.context_length)
+        cfg = self.cfg
+        pool = KVPool(
+            cfg.num_hidden_layers, n, cfg.num_key_value_heads, cfg.head_dim, self.dtype, self.device
+        )
+        table = ReqToTokenTable(1, n, self.device)
+        slots = torch.arange(n, dtype=torch.int64)
+        table.write(table.alloc(), 0, slots)  # type: ignore[arg-type]
+        fb = ForwardBatch.build(
+            ForwardMode.EXTEND, [0] * n, list(range(n)), slots, [0], [n], [n], table.table, self.device
+        )
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        self.model(fb, pool)
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device) - before
+        del pool, table, fb
+        torch.cuda.empty_cache()
+        return int(peak * 1.1) + (256 << 20)  # margin for allocator fragmentation and the sampler
+
+    def _capture_graphs(self) -> CudaGraphRunner | None:
+        if self.device.type != "cuda" or self.args.disable_cuda_graph:
+            return None
+        dummy_row = self.table.alloc()  # padded graph rows read through it; never handed to a request
+        assert dummy_row is not None
+        max_bs = self.args.cuda_graph_max_bs or _default_graph_max_bs(self.device)
+        runner = CudaGraphRunner(
+            self.model, self.pool, self.table.table, dummy_row, min(max_bs, self.args.max_running_requests)
+        )
+        runner.capture()
+        return runner
 
     def _make_pool(self) -> KVPool:
         cfg, page = self.cfg, self.args.page_size
@@ -127,7 +183,10 @@ class ModelRunner:
     def step(self, batch: ForwardBatch, sample_rows: list[int], sampling: SamplingBatch | None) -> StepResult:
         """Forward the batch and sample the rows in `sample_rows` (indices into the batch's requests)."""
         t0 = time.perf_counter()
-        logits = self.model(batch, self.pool)
+        if self.graphs is not None and self.graphs.can_run(batch):
+            logits = self.graphs.replay(batch)
+        else:
+            logits = self.model(batch, self.pool)
         if not sample_rows or sampling is None:
             return StepResult([], None, None, None, time.perf_counter() - t0)
         if len(sample_rows) != logits.shape[0]:
@@ -140,3 +199,9 @@ class ModelRunner:
             top_logprob_vals=out.top_logprob_vals.tolist() if out.top_logprob_vals is not None else None,
             forward_s=time.perf_counter() - t0,
         )
+
+
+def _default_graph_max_bs(device: torch.device) -> int:
+    """Graphs cost memory per captured size; big GPUs capture up to 256 rows, smaller ones less."""
+    total = torch.cuda.get_device_properties(device).total_memory
+    return 256 if total > 60 * 2**30 else 160 if total > 30 * 2**30 else 64

@@ -1,0 +1,129 @@
+"""CUDA graphs for decode steps: capture the model's decode forward once per batch size, replay it.
+
+Eager decode launches hundreds of small kernels per step, each costing ~10 us of CPU; a replayed graph costs
+~1 us per node. Batches are padded up to the next captured size; padded rows read and write only the pool's
+dummy slot, through a table row reserved for them.
+
+Ownership: built on the event-loop thread at startup (before serving), then used only by the forward thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from lite_srt.engine.forward_batch import ForwardBatch, ForwardMode
+from lite_srt.mem.kv_pool import KVPool
+
+logger = logging.getLogger(__name__)
+
+
+def capture_batch_sizes(max_bs: int) -> list[int]:
+    """1, 2, 4, 8, then steps of 8 up to max_bs."""
+    sizes = [b for b in (1, 2, 4, 8) if b <= max_bs] + list(range(16, max_bs + 1, 8))
+    if sizes[-1] != max_bs:
+        sizes.append(max_bs)
+    return sizes
+
+
+@dataclass
+class GraphInputs:
+    """Static input buffers the captured graphs read; a replay copies the real batch into their prefix."""
+
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    out_cache_loc: torch.Tensor
+    req_pool_indices: torch.Tensor
+    seq_lens: torch.Tensor
+    ones: torch.Tensor
+    arange: torch.Tensor
+
+    @classmethod
+    def allocate(cls, max_bs: int, device: torch.device, dummy_slot: int, dummy_row: int) -> GraphInputs:
+        def full(v: int) -> torch.Tensor:
+            return torch.full((max_bs,), v, dtype=torch.int64, device=device)
+
+        return cls(
+            input_ids=full(0),
+            positions=full(0),
+            out_cache_loc=full(dummy_slot),
+            req_pool_indices=full(dummy_row),
+            seq_lens=full(1),
+            ones=full(1),
+            arange=torch.arange(max_bs, dtype=torch.int64, device=device),
+        )
+
+    def batch(self, bs: int, req_to_token: torch.Tensor) -> ForwardBatch:
+        return ForwardBatch(
+            mode=ForwardMode.DECODE,
+            input_ids=self.input_ids[:bs],
+            positions=self.positions[:bs],
+            out_cache_loc=self.out_cache_loc[:bs],
+            req_pool_indices=self.req_pool_indices[:bs],
+            seq_lens=self.seq_lens[:bs],
+            extend_lens=self.ones[:bs],
+            extend_start_loc=self.arange[:bs],
+            logits_indices=self.arange[:bs],
+            req_to_token=req_to_token,
+        )
+
+
+class CudaGraphRunner:
+    def __init__(
+        self, model: torch.nn.Module, pool: KVPool, req_to_token: torch.Tensor, dummy_row: int, max_bs: int
+    ) -> None:
+        self.model, self.pool, self.req_to_token = model, pool, req_to_token
+        self.dummy_slot, self.dummy_row = pool.dummy_slot, dummy_row
+        self.sizes = capture_batch_sizes(max_bs)
+        self.max_bs = self.sizes[-1]
+        self.inputs = GraphInputs.allocate(self.max_bs, pool.device, self.dummy_slot, dummy_row)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[int, torch.Tensor] = {}
+        req_to_token[dummy_row].fill_(self.dummy_slot)
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        t0 = time.perf_counter()
+        mem_pool = torch.cuda.graph_pool_handle()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for bs in reversed(self.sizes):  # largest first: smaller graphs reuse its memory pool
+                fb = self.inputs.batch(bs, self.req_to_token)
+                for _ in range(2):  # warm-up: lazy initialisation must not happen inside capture
+                    self.model(fb, self.pool)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=mem_pool, stream=stream):
+                    self.outputs[bs] = self.model(fb, self.pool)
+                self.graphs[bs] = graph
+        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.synchronize()
+        logger.info(
+            "captured CUDA graphs for %d decode batch sizes (1..%d) in %.1f s",
+            len(self.sizes),
+            self.max_bs,
+            time.perf_counter() - t0,
+        )
+
+    def can_run(self, fb: ForwardBatch) -> bool:
+        return fb.mode is ForwardMode.DECODE and 0 < fb.batch_size <= self.max_bs and bool(self.graphs)
+
+    def replay(self, fb: ForwardBatch) -> torch.Tensor:
+        bs = fb.batch_size
+        padded = next(s for s in self.sizes if s >= bs)
+        inp = self.inputs
+        inp.input_ids[:bs].copy_(fb.input_ids, non_blocking=True)
+        inp.positions[:bs].copy_(fb.positions, non_blocking=True)
+        inp.out_cache_loc[:bs].copy_(fb.out_cache_loc, non_blocking=True)
+        inp.req_pool_indices[:bs].copy_(fb.req_pool_indices, non_blocking=True)
+        inp.seq_lens[:bs].copy_(fb.seq_lens, non_blocking=True)
+        if padded > bs:  # padded rows: one token at the dummy slot, through the dummy row
+            inp.out_cache_loc[bs:padded].fill_(self.dummy_slot)
+            inp.req_pool_indices[bs:padded].fill_(self.dummy_row)
+            inp.seq_lens[bs:padded].fill_(1)
+            inp.positions[bs:padded].zero_()
+        self.graphs[padded].replay()
+        return self.outputs[padded][:bs]
