@@ -13,6 +13,8 @@
 // SIMT path: float32 and ROCm (no mma.sync there), one warp per (token, head); correct but slow.
 #include <cfloat>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "../cuda_utils.cuh"
@@ -175,6 +177,196 @@ __global__ void __launch_bounds__(kMmaThreads, 1) extend_mma_kernel(AttentionArg
     if (tr1 < n_ext) *reinterpret_cast<uint32_t*>(out1 + c) = attn::pack2<T>(o[n][2] * inv1, o[n][3] * inv1);
   }
 }
+
+// Two 16-row m-tiles per warp (32 query rows), the FlashAttention-2 layout: every K/V fragment loaded from shared
+// memory feeds two mma instead of one, halving ldmatrix traffic, the limit of the 16-row kernel above. Q lives in
+// shared memory (reloaded per key tile) to leave registers for the 2 x D/8 accumulators; 4 warps cover 128 rows
+// and two blocks share an SM (2-stage K/V ring).
+constexpr int kW2Threads = 128;
+constexpr int kW2Stages = 2;
+
+template <typename T, int D>
+constexpr size_t extend_w2_smem_bytes() {
+  return (2 * kW2Stages + 2) * attn::KVTile<T, D, kBlockK>::kElems * sizeof(T) + kW2Stages * kBlockK * sizeof(int);
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kW2Threads, 2) extend_mma2_kernel(AttentionArgs a, int tiles_bound) {
+  using Tile = attn::KVTile<T, D, kBlockK>;
+  constexpr int kStride = Tile::kStride;
+  constexpr int NT = kBlockK / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* qs = reinterpret_cast<T*>(smem_raw);  // [kBlockQ][kStride]
+  T* ks = qs + 2 * Tile::kElems;
+  T* vs = ks + kW2Stages * Tile::kElems;
+  int* sm_slot = reinterpret_cast<int*>(vs + kW2Stages * Tile::kElems);
+  __shared__ int64_t tile_info[2];
+
+  if (threadIdx.x == 0) {
+    int64_t req = -1, tile_in_req = 0;
+    if (!find_tile(a, tiles_bound - 1 - static_cast<int64_t>(blockIdx.y), kBlockQ, req, tile_in_req)) req = -1;
+    tile_info[0] = req;
+    tile_info[1] = tile_in_req;
+  }
+  __syncthreads();
+  const int64_t b = tile_info[0];
+  if (b < 0) return;
+  const int64_t head = blockIdx.x;
+  const int64_t kvh = head / (a.q_heads / a.kv_heads);
+  const int64_t n_ext = a.extend_lens[b];
+  const int64_t seq_len = a.seq_lens[b];
+  const int64_t prefix = seq_len - n_ext;
+  const int64_t t0 = tile_info[1] * kBlockQ;
+  const int64_t row0 = a.extend_start_loc[b] + t0;
+  const int64_t kv_end = min(seq_len, prefix + t0 + kBlockQ);
+  const int n_tiles = static_cast<int>(ceil_div(kv_end, kBlockK));
+  const int64_t table_row = a.req_pool_indices[b] * a.req_to_token_stride;
+
+  const int warp = threadIdx.x / WARP_SIZE;
+  const int lane = threadIdx.x % WARP_SIZE;
+  const int g = lane >> 2;
+  const int tig = lane & 3;
+  // Positions of one request fit in 31 bits: int keeps the mask math in single registers.
+  const int tw = static_cast<int>(t0) + warp * 32;
+  const int prefix32 = static_cast<int>(prefix), kv_end32 = static_cast<int>(kv_end);
+  const int first_limit = prefix32 + tw, last_limit = min(prefix32 + tw + 31, kv_end32 - 1);
+  const bool warp_active = tw < n_ext;
+  const int tid = threadIdx.x;
+
+  // Q tile (rows past the extend zero-filled) and the first K/V tile go out in the first copy group.
+  {
+    constexpr int kChunks = D / 8;
+    const T* qb = static_cast<const T*>(a.q) + row0 * a.q_stride.row + head * a.q_stride.head;
+#pragma unroll
+    for (int i = 0; i < kBlockQ * kChunks / kW2Threads; ++i) {
+      const int c = tid + i * kW2Threads;
+      const int r = c / kChunks, col = (c % kChunks) * 8;
+      const bool ok = t0 + r < n_ext;
+      attn::cp_async_16(qs + r * kStride + col, ok ? qb + r * a.q_stride.row + col : qb, ok);
+    }
+  }
+  int next0 = -1;
+  if (tid < kBlockK) {
+#pragma unroll
+    for (int s = 0; s < kW2Stages; ++s) sm_slot[s * kBlockK + tid] = attn::slot_at(a, table_row, s * kBlockK + tid, kv_end);
+    next0 = attn::slot_at(a, table_row, kW2Stages * kBlockK + tid, kv_end);
+  }
+  __syncthreads();
+  const T* k_base = static_cast<const T*>(a.k_cache) + kvh * a.k_stride.head;
+  const T* v_base = static_cast<const T*>(a.v_cache) + kvh * a.v_stride.head;
+  attn::issue_kv_tile<T, D, kBlockK, kW2Threads>(ks, vs, sm_slot, k_base, a.k_stride.row, v_base, a.v_stride.row);
+  attn::cp_async_commit();
+
+  float o[2][D / 8][4];
+#pragma unroll
+  for (int m = 0; m < 2; ++m)
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) o[m][n][0] = o[m][n][1] = o[m][n][2] = o[m][n][3] = 0.0f;
+  attn::RowState st[2];
+  const float qk_scale = a.scale * attn::kLog2e;
+  // A-fragment ldmatrix of Q: matrices (rows 0-7, d lo), (rows 8-15, d lo), (rows 0-7, d hi), (rows 8-15, d hi).
+  const T* q_frag = qs + (warp * 32 + (lane & 7) + ((lane >> 3) & 1) * 8) * kStride + (lane >> 4) * 8;
+
+  for (int it = 0; it < n_tiles; ++it) {
+    attn::cp_async_wait<0>();
+    __syncthreads();  // tile `it` is visible; every warp is done with the other stage
+    if (it + 1 < n_tiles) {
+      const int st_i = (it + 1) % kW2Stages;
+      attn::issue_kv_tile<T, D, kBlockK, kW2Threads>(ks + st_i * Tile::kElems, vs + st_i * Tile::kElems,
+                                                     sm_slot + st_i * kBlockK, k_base, a.k_stride.row, v_base,
+                                                     a.v_stride.row);
+    }
+    attn::cp_async_commit();
+    if (tid < kBlockK) {  // ring entry of tile `it` now takes tile it + 2
+      sm_slot[(it % kW2Stages) * kBlockK + tid] = next0;
+      next0 = attn::slot_at(a, table_row, (it + kW2Stages + 1) * static_cast<int64_t>(kBlockK) + tid, kv_end);
+    }
+
+    const int kt = it * kBlockK;
+    if (!warp_active || kt > last_limit) continue;
+    const T* kst = ks + (it % kW2Stages) * Tile::kElems;
+    const T* vst = vs + (it % kW2Stages) * Tile::kElems;
+    float s[2][NT][4];
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+      for (int n = 0; n < NT; ++n) s[m][n][0] = s[m][n][1] = s[m][n][2] = s[m][n][3] = 0.0f;
+    {
+      const T* kb = kst + ((lane & 7) + (lane >> 4) * 8) * kStride + ((lane >> 3) & 1) * 8;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t qa0[4], qa1[4];
+        attn::ldmatrix_x4(qa0, q_frag + kk * 16);
+        attn::ldmatrix_x4(qa1, q_frag + 16 * kStride + kk * 16);
+#pragma unroll
+        for (int np = 0; np < NT / 2; ++np) {
+          uint32_t bk[4];
+          attn::ldmatrix_x4(bk, kb + np * 16 * kStride + kk * 16);
+          attn::mma_16816<T>(s[0][2 * np], qa0, bk[0], bk[1]);
+          attn::mma_16816<T>(s[0][2 * np + 1], qa0, bk[2], bk[3]);
+          attn::mma_16816<T>(s[1][2 * np], qa1, bk[0], bk[1]);
+          attn::mma_16816<T>(s[1][2 * np + 1], qa1, bk[2], bk[3]);
+        }
+      }
+    }
+    if (kt + kBlockK - 1 > first_limit || kt + kBlockK > kv_end32) {
+#pragma unroll
+      for (int m = 0; m < 2; ++m)
+#pragma unroll
+        for (int n = 0; n < NT; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int j = kt + n * 8 + tig * 2 + (e & 1);
+            const int limit = first_limit + m * 16 + g + (e < 2 ? 0 : 8);
+            if (j > limit || j >= kv_end32) s[m][n][e] = -INFINITY;
+          }
+    }
+    attn::softmax_step<NT, D / 8>(s[0], o[0], st[0], qk_scale);
+    attn::softmax_step<NT, D / 8>(s[1], o[1], st[1], qk_scale);
+    // P as bf16/fp16 A fragments right away: half the registers of the float scores during P V.
+    uint32_t pa[2][NT / 2][4];
+#pragma unroll
+    for (int m = 0; m < 2; ++m)
+#pragma unroll
+      for (int kk = 0; kk < NT / 2; ++kk) {
+        pa[m][kk][0] = attn::pack2<T>(s[m][2 * kk][0], s[m][2 * kk][1]);
+        pa[m][kk][1] = attn::pack2<T>(s[m][2 * kk][2], s[m][2 * kk][3]);
+        pa[m][kk][2] = attn::pack2<T>(s[m][2 * kk + 1][0], s[m][2 * kk + 1][1]);
+        pa[m][kk][3] = attn::pack2<T>(s[m][2 * kk + 1][2], s[m][2 * kk + 1][3]);
+      }
+    {
+      const T* vb = vst + ((lane & 7) + ((lane >> 3) & 1) * 8) * kStride + (lane >> 4) * 8;
+#pragma unroll
+      for (int kk = 0; kk < NT / 2; ++kk) {
+#pragma unroll
+        for (int np = 0; np < D / 16; ++np) {
+          uint32_t bv[4];
+          attn::ldmatrix_x4_trans(bv, vb + kk * 16 * kStride + np * 16);
+          attn::mma_16816<T>(o[0][2 * np], pa[0][kk], bv[0], bv[1]);
+          attn::mma_16816<T>(o[0][2 * np + 1], pa[0][kk], bv[2], bv[3]);
+          attn::mma_16816<T>(o[1][2 * np], pa[1][kk], bv[0], bv[1]);
+          attn::mma_16816<T>(o[1][2 * np + 1], pa[1][kk], bv[2], bv[3]);
+        }
+      }
+    }
+  }
+  attn::cp_async_wait<0>();
+
+#pragma unroll
+  for (int m = 0; m < 2; ++m) {
+    const float l0 = attn::quad_sum(st[m].l0), l1 = attn::quad_sum(st[m].l1);
+    const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+    const int64_t r0 = tw + m * 16 + g;  // token index within the extend
+    T* out0 = static_cast<T*>(a.out) + (a.extend_start_loc[b] + r0) * a.out_stride.row + head * a.out_stride.head;
+    T* out1 = out0 + 8 * a.out_stride.row;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      const int c = n * 8 + tig * 2;
+      if (r0 < n_ext) *reinterpret_cast<uint32_t*>(out0 + c) = attn::pack2<T>(o[m][n][0] * inv0, o[m][n][1] * inv0);
+      if (r0 + 8 < n_ext) *reinterpret_cast<uint32_t*>(out1 + c) = attn::pack2<T>(o[m][n][2] * inv1, o[m][n][3] * inv1);
+    }
+  }
+}
 #endif  // !USE_ROCM
 
 // One warp per (query token, head): lanes split the head dim, keys are walked one at a time.
@@ -234,16 +426,33 @@ __global__ void extend_simt_kernel(AttentionArgs a) {
   }
 }
 
+// Which tensor-core kernel serves fp16/bf16: 32 query rows per warp (extend_mma2_kernel) or 16 (extend_mma_kernel).
+// Measured on an H200: 32 rows wins at d=64 (236 vs 178 TFLOP/s); at d=128 it needs more than 255 registers and
+// spills, so 16 rows wins there (252 vs 239). LITE_SRT_EXTEND_WARP_ROWS=16 or 32 forces one, for A/B benchmarks.
+bool use_two_tile_warps(int head_dim) {
+  static const int forced = [] {
+    const char* v = std::getenv("LITE_SRT_EXTEND_WARP_ROWS");
+    return v == nullptr ? 0 : std::atoi(v);
+  }();
+  return forced == 0 ? head_dim <= 64 : forced == 32;
+}
+
 template <typename T, int D>
 void launch_typed(const AttentionArgs& a, cudaStream_t stream) {
 #if !defined(USE_ROCM)
   if constexpr (sizeof(T) == 2) {
     // Every request contributes at most one partial tile, so this bounds the tiles without reading lengths.
     const int64_t tiles = ceil_div(a.tokens, kBlockQ) + a.batch;
-    constexpr size_t smem = extend_smem_bytes<T, D>();
-    set_smem_opt_in<extend_mma_kernel<T, D>>(smem);
     const dim3 grid(static_cast<unsigned>(a.q_heads), static_cast<unsigned>(tiles));
-    extend_mma_kernel<T, D><<<grid, kMmaThreads, smem, stream>>>(a, static_cast<int>(tiles));
+    if (use_two_tile_warps(D)) {
+      constexpr size_t smem = extend_w2_smem_bytes<T, D>();
+      set_smem_opt_in<extend_mma2_kernel<T, D>>(smem);
+      extend_mma2_kernel<T, D><<<grid, kW2Threads, smem, stream>>>(a, static_cast<int>(tiles));
+    } else {
+      constexpr size_t smem = extend_smem_bytes<T, D>();
+      set_smem_opt_in<extend_mma_kernel<T, D>>(smem);
+      extend_mma_kernel<T, D><<<grid, kMmaThreads, smem, stream>>>(a, static_cast<int>(tiles));
+    }
     return;
   }
 #endif
