@@ -63,6 +63,9 @@ class ServerArgs:
     cuda_graph_max_bs: int | None = _opt(
         "largest decode batch captured in a CUDA graph (default: by GPU memory)"
     )
+    disable_overlap_schedule: bool = _opt(
+        "process each step's results before building the next step (A/B for overlap scheduling)", False
+    )
     # Server
     host: str = _opt("bind address", "127.0.0.1")
     port: int = _opt("bind port", 30000)

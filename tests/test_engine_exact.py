@@ -144,3 +144,11 @@ def test_retracted_requests_finish_with_same_tokens(smollm_gguf_path, cases, dis
         assert stats.kv_used_tokens == stats.kv_cached_tokens  # nothing owned once drained
     finally:
         e.shutdown()
+
+
+def test_greedy_without_overlap_schedule_matches_transformers(smollm_gguf_path, cases):
+    e = Engine(model_path=smollm_gguf_path, max_total_tokens=8192, disable_overlap_schedule=True)
+    try:
+        _check(cases, e.generate(input_ids=[c["ids"] for c in cases], sampling_params=_greedy()))
+    finally:
+        e.shutdown()

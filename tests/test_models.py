@@ -167,3 +167,20 @@ def test_dummy_weights_load_from_a_config(tmp_path):
     runner = ModelRunner(args, load_model_config(str(tmp_path)), str(tmp_path), 128)
     assert all(torch.isfinite(p).all() for p in runner.model.parameters())
     assert any(p.abs().sum() > 0 for n, p in runner.model.named_parameters() if "proj" in n)
+
+
+def test_dummy_model_without_tokenizer_takes_token_ids(tmp_path):
+    from lite_srt import Engine
+    from lite_srt.errors import InvalidRequestError
+
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **TINY, "eos_token_id": 2}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    e = Engine(model_path=str(tmp_path), load_format="dummy", max_total_tokens=256)
+    try:
+        out = e.generate(input_ids=[5, 6, 7], sampling_params={"max_new_tokens": 4, "ignore_eos": True})
+        assert len(out["output_ids"]) == 4
+        assert out["text"] == "".join(f"<{t}>" for t in out["output_ids"])
+        with pytest.raises(InvalidRequestError, match="no tokenizer"):
+            e.generate(prompt="hello", sampling_params={"max_new_tokens": 1})
+    finally:
+        e.shutdown()

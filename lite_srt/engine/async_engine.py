@@ -21,8 +21,16 @@ from lite_srt.engine.model_runner import ModelRunner, StepResult
 from lite_srt.engine.request import Req, RequestGroup, init_output_state
 from lite_srt.engine.sampler import SamplingBatch
 from lite_srt.engine.scheduler import Scheduler
-from lite_srt.errors import ContextLengthExceededError, EngineDeadError, InvalidRequestError, QueueFullError
-from lite_srt.loader import load_model_config
+from lite_srt.errors import (
+    ContextLengthExceededError,
+    EngineDeadError,
+    InvalidRequestError,
+    ModelLoadError,
+    QueueFullError,
+    TokenizerError,
+)
+from lite_srt.loader import load_model_config, resolve_load_format
+from lite_srt.tokenizer.null_tokenizer import NullTokenizer
 from lite_srt.tokenizer.tokenizer import Tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -70,7 +78,7 @@ class AsyncEngine:
         self.args = args
         self.model_path = resolve_model_path(args)
         self.model_config = load_model_config(self.model_path)
-        self.tokenizer: Tokenizer = load_tokenizer(args.tokenizer_path or self.model_path, args.chat_template)
+        self.tokenizer: Tokenizer = self._load_tokenizer()
         self.context_length = args.context_length or self.model_config.max_position_embeddings
         self.runner = ModelRunner(args, self.model_config, self.model_path, self.context_length)
         self.max_total_tokens = self.runner.pool.num_slots
@@ -87,6 +95,20 @@ class AsyncEngine:
             args.page_size,
             self.context_length,
         )
+
+    def _load_tokenizer(self) -> Tokenizer:
+        path = self.args.tokenizer_path or self.model_path
+        try:
+            return load_tokenizer(path, self.args.chat_template)
+        except (TokenizerError, ModelLoadError):
+            if (
+                self.args.tokenizer_path
+                or resolve_load_format(self.model_path, self.args.load_format) != "dummy"
+            ):
+                raise
+        logger.warning("no tokenizer for %s: token-id prompts only, outputs rendered as <id>", path)
+        cfg = self.model_config
+        return NullTokenizer(cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_ids)  # type: ignore[return-value]
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:

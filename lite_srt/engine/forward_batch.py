@@ -21,7 +21,7 @@ class ForwardMode(enum.Enum):
 @dataclass
 class ForwardBatch:
     mode: ForwardMode
-    input_ids: torch.Tensor  # [T] int64
+    input_ids: torch.Tensor | None  # [T] int64; None for decode: the runner gathers the last sampled tokens
     positions: torch.Tensor  # [T] int64
     out_cache_loc: torch.Tensor  # [T] int64: the slot each new token's K/V is written to
     req_pool_indices: torch.Tensor  # [B] int64: rows of the req->token table
@@ -37,13 +37,13 @@ class ForwardBatch:
 
     @property
     def num_tokens(self) -> int:
-        return int(self.input_ids.shape[0])
+        return int(self.positions.shape[0])
 
     @classmethod
     def build(
         cls,
         mode: ForwardMode,
-        input_ids: list[int],
+        input_ids: list[int] | None,
         positions: list[int],
         out_cache_loc: torch.Tensor,
         req_pool_indices: list[int],
@@ -56,7 +56,7 @@ class ForwardBatch:
         start = torch.cumsum(ext, 0) - ext
         return cls(
             mode=mode,
-            input_ids=torch.tensor(input_ids, dtype=torch.int64).to(device, non_blocking=True),
+            input_ids=None if input_ids is None else torch.tensor(input_ids, dtype=torch.int64).to(device),
             positions=torch.tensor(positions, dtype=torch.int64).to(device, non_blocking=True),
             out_cache_loc=out_cache_loc.contiguous().to(device, non_blocking=True),
             req_pool_indices=torch.tensor(req_pool_indices, dtype=torch.int64).to(device, non_blocking=True),

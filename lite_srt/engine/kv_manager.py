@@ -105,7 +105,8 @@ class KVManager:
             self.allocator.free(slots)
 
     def commit(self, req: Req, slots: torch.Tensor) -> None:
-        """The forward step wrote K/V for these new slots."""
+        """These slots now belong to req's next positions; the step that writes their K/V is built (it runs
+        before any later step on the same stream, so later steps may read them)."""
         req.kv_len += int(slots.numel())
         req.last_slot = int(slots[-1])
 
@@ -117,29 +118,32 @@ class KVManager:
         return chunks[0] if chunks else torch.empty(0, dtype=torch.int64)
 
     # -- release ----------------------------------------------------------------------------------------
-    def release(self, req: Req) -> None:
-        """Give back everything req holds. Its computed KV goes to the prefix cache (which keeps what it can
-        reuse). A sample of a shared prompt frees its own slots; the last one releases the shared prompt."""
+    def release(self, req: Req, kv_valid: bool = True) -> None:
+        """Give back everything req holds. KV of known tokens goes to the prefix cache (which keeps what it can
+        reuse); `kv_valid=False` (a failed step) caches nothing new. A sample of a shared prompt frees its own
+        slots; the last one releases the shared prompt."""
         if req.row is None:
             return
         slots = self.slot_tensor(req)
         if req.shared is not None:
             self.allocator.free(slots[req.cached_len :])
         else:
-            self.cache.insert(req.fill_ids[: req.kv_len], slots[: req.kv_len], owned_from=req.cached_len)
+            # Positions whose token is still in flight (overlap scheduling) are not cached.
+            valid = min(req.kv_len, req.fill_len) if kv_valid else req.cached_len
+            self.cache.insert(req.fill_ids[:valid], slots[:valid], owned_from=req.cached_len)
             self.cache.unlock(req.cache_handle)
-            self._free_uncommitted(req, slots)
+            self._free_beyond(valid, slots)
         self.table.free(req.row)
         del self._slots[req.row]
         self._holders.discard(req)
         req.row, req.cache_handle, req.cached_len, req.kv_len, req.last_slot = None, None, 0, 0, -1
 
-    def _free_uncommitted(self, req: Req, slots: torch.Tensor) -> None:
-        """Free slots allocated for a step whose K/V never became valid (the step failed). The page that also
-        holds committed positions went to the cache's insert, which freed it as an unaligned tail."""
-        extra = slots[req.kv_len :]
-        if req.kv_len % self.page_size:
-            extra = extra[self.page_size - req.kv_len % self.page_size :]
+    def _free_beyond(self, valid: int, slots: torch.Tensor) -> None:
+        """Free the slots past the cached positions. The page that also holds cached positions went to the
+        cache's insert, which freed it as an unaligned tail."""
+        extra = slots[valid:]
+        if valid % self.page_size:
+            extra = extra[self.page_size - valid % self.page_size :]
         if extra.numel():
             self.allocator.free(extra)
 

@@ -67,6 +67,9 @@ class ModelRunner:
             self.pool = self._make_pool()
             # Extra rows beyond max_running_requests: a chunked prefill and shared n>1 prompts hold rows too.
             self.table = ReqToTokenTable(args.max_running_requests * 2 + 16, context_length + 1, self.device)
+            # The last token sampled for each table row: decode steps read their inputs from here, so a step
+            # can be built before the previous one's tokens reach the CPU (overlap scheduling).
+            self.next_tokens = torch.zeros(self.table.max_reqs, dtype=torch.int64, device=self.device)
             self.graphs = self._capture_graphs()
         except torch.cuda.OutOfMemoryError as e:
             raise RuntimeError(
@@ -183,6 +186,8 @@ class ModelRunner:
     def step(self, batch: ForwardBatch, sample_rows: list[int], sampling: SamplingBatch | None) -> StepResult:
         """Forward the batch and sample the rows in `sample_rows` (indices into the batch's requests)."""
         t0 = time.perf_counter()
+        if batch.input_ids is None:
+            batch.input_ids = self.next_tokens[batch.req_pool_indices]
         if self.graphs is not None and self.graphs.can_run(batch):
             logits = self.graphs.replay(batch)
         else:
@@ -192,6 +197,8 @@ class ModelRunner:
         if len(sample_rows) != logits.shape[0]:
             logits = logits[torch.tensor(sample_rows, device=logits.device)]
         out = sample(logits, sampling)
+        rows = batch.req_pool_indices[torch.tensor(sample_rows, device=self.device)]
+        self.next_tokens[rows] = out.next_token_ids
         return StepResult(
             next_token_ids=out.next_token_ids.tolist(),
             logprobs=out.logprobs.tolist() if out.logprobs is not None else None,

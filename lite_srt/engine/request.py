@@ -56,6 +56,10 @@ class Req:
     last_slot: int = -1
     prompt_cached_tokens: int = 0  # reported as meta_info.cached_tokens
     num_retractions: int = 0
+    # Overlap scheduling: tokens sampled by steps not yet processed, and an epoch that invalidates those
+    # steps' results once the request is retracted or finished.
+    pending: int = 0
+    epoch: int = 0
     finish_reason: FinishReason | None = None
     # output
     detok: IncrementalDetokenizer | None = None

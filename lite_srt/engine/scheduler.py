@@ -2,7 +2,13 @@
 
 Each iteration: apply aborts, build one batch (a prefill batch when requests wait and memory admits them,
 else a decode batch over the running requests, retracting the least-advanced request when the KV pool is
-exhausted), run it on the forward thread, then turn its sampled tokens into outputs.
+exhausted), launch it on the forward thread, then turn the previous batch's sampled tokens into outputs.
+
+Overlap: batch N+1 is built and launched before batch N's results are processed, so the CPU work hides behind
+the GPU. Decode inputs come from a device-side token table written by the sampler, so building N+1 needs no
+token of N. A request's KV positions are committed when its batch is built; results of a step are dropped for
+requests retracted or finished since (their `epoch` changed). `--disable-overlap-schedule` processes each batch
+before building the next.
 
 Ownership: every attribute here lives on the event-loop thread. The forward thread receives a ForwardBatch and
 returns a StepResult; it never touches Req objects, the allocator or the prefix cache.
@@ -39,10 +45,18 @@ _LPM_MAX_QUEUE = 128  # longest-prefix-match ordering costs a tree walk per wait
 class ScheduledBatch:
     mode: ForwardMode
     reqs: list[Req]
-    new_slots: list[torch.Tensor]  # per request: slots written this step
-    sample_rows: list[int]  # indices into reqs that sample a token this step
+    sampled: list[Req]  # requests that sample a token this step, in sampler row order
+    epochs: list[int]  # their epochs when the batch was built
+    sample_rows: list[int]  # their rows in the forward batch
+    prefix_done: list[Req]  # prefix jobs whose shared prompt is complete after this step
     forward: ForwardBatch
     sampling: SamplingBatch | None
+
+
+@dataclass
+class InFlight:
+    batch: ScheduledBatch
+    result: asyncio.Future  # StepResult
 
 
 @dataclass
@@ -98,36 +112,60 @@ class Scheduler:
         return len(self.waiting) + (self.chunked is not None)
 
     async def run_forever(self) -> None:
+        inflight: InFlight | None = None
         while not self.stopped:
             try:
-                await self._iteration()
+                inflight = await self._iteration(inflight)
             except Exception as e:  # a bookkeeping bug must not leave callers waiting forever
                 logger.exception("scheduler iteration failed; failing all requests in flight")
                 self.last_step_error = e
+                inflight = None
                 for group in list(self.groups.values()):
-                    self._abort_group(group, f"internal error: {e!r}")
+                    self._abort_group(group, f"internal error: {e!r}", kv_valid=False)
 
-    async def _iteration(self) -> None:
+    async def _iteration(self, inflight: InFlight | None) -> InFlight | None:
+        """Launch the next batch, then process the one before it. Returns the batch now in flight."""
         self._apply_aborts()
+        if inflight is not None and self._must_sync():
+            await self._complete(inflight)
+            return None
         batch = self._schedule_prefill() or self._schedule_decode()
         if batch is None:
+            if inflight is not None:
+                await self._complete(inflight)
+                return None
             if not self.running and not self.waiting and self.chunked is None:
                 self.kv.check_invariant()  # idle: every slot is free or cached
             self.wakeup.clear()
             await self.wakeup.wait()
-            return
+            return None
+        launched = InFlight(batch, asyncio.ensure_future(self._run(batch)))
+        if inflight is not None:
+            await self._complete(inflight)
+        if self.args.disable_overlap_schedule:
+            await self._complete(launched)
+            return None
+        return launched
+
+    async def _run(self, batch: ScheduledBatch) -> StepResult:
+        if not batch.forward.batch_size:
+            return StepResult([], None, None, None, 0.0)
+        return await self.run_step(batch.forward, batch.sample_rows, batch.sampling)
+
+    async def _complete(self, inflight: InFlight) -> None:
         try:
-            result = (
-                await self.run_step(batch.forward, batch.sample_rows, batch.sampling)
-                if batch.forward.batch_size
-                else StepResult([], None, None, None, 0.0)
-            )
+            result = await inflight.result
         except Exception as e:  # a failed step fails its requests; everyone else keeps being served
             logger.exception("forward step failed")
             self.last_step_error = e
-            self._fail_batch(batch, f"internal error in the forward step: {e}")
+            self._fail_batch(inflight.batch, f"internal error in the forward step: {e}")
             return
-        self._process(batch, result)
+        self._process(inflight.batch, result)
+
+    def _must_sync(self) -> bool:
+        """Penalties count every output token on the CPU, so a decode step of such a request needs the
+        previous step's tokens processed first."""
+        return any(r.pending and _uses_penalties(r) for r in self.running)
 
     def stop(self) -> None:
         self.stopped = True
@@ -212,13 +250,20 @@ class Scheduler:
             self.new_token_ratio - _RATIO_DECAY * self.args.schedule_conservativeness,
             _RATIO_MIN * self.args.schedule_conservativeness,
         )
-        reqs = list(self.running)
+        reqs = [r for r in self.running if not self._finishes_with_pending(r)]
+        if not reqs:
+            return None
         return self._build(ForwardMode.DECODE, reqs, list(self.kv.extend_decode(reqs).split(1)))
+
+    def _finishes_with_pending(self, req: Req) -> bool:
+        """The in-flight token is its last (length limits): no need to decode it further."""
+        n_out = len(req.output_ids) + req.pending
+        return n_out >= req.params.max_new_tokens or req.fill_len + req.pending >= self.context_length
 
     def _make_room_for_decode(self) -> None:
         """Evict, then retract the least-advanced requests until every running request fits one more token."""
         while True:
-            need = sum(self.kv.slots_needed(r, 1) for r in self.running)
+            need = sum(self.kv.slots_needed(r, 1) for r in self.running if not self._finishes_with_pending(r))
             if need <= self.kv.available():
                 return
             if len(self.running) == 1:
@@ -236,6 +281,8 @@ class Scheduler:
     def _retract(self, req: Req) -> None:
         self.running.remove(req)
         self.kv.release(req)  # its computed KV goes to the prefix cache, so readmission can reuse it
+        req.epoch += 1  # a token still in flight is dropped; re-prefill samples the same step again
+        req.pending = 0
         req.state = ReqState.WAITING
         req.num_retractions += 1
         self.counters.retractions += 1
@@ -247,41 +294,59 @@ class Scheduler:
 
     # -- batch building --------------------------------------------------------------------------------
     def _build(self, mode: ForwardMode, reqs: list[Req], new_slots: list[torch.Tensor]) -> ScheduledBatch:
-        """The forward batch for reqs, whose new positions already have slots."""
+        """The forward batch for reqs, whose new positions already have slots; commits those positions."""
+        decode = mode is ForwardMode.DECODE
         input_ids: list[int] = []
         positions: list[int] = []
+        sampled: list[Req] = []
         sample_rows: list[int] = []
-        takes = [int(s.numel()) for s in new_slots]
-        for i, (req, take) in enumerate(zip(reqs, takes)):
-            fill = req.fill_ids
-            input_ids.extend(fill[req.kv_len : req.kv_len + take])
+        prefix_done: list[Req] = []
+        fwd_reqs: list[Req] = []
+        fwd_seq_lens: list[int] = []
+        fwd_takes: list[int] = []
+        for req, slots in zip(reqs, new_slots):
+            take = int(slots.numel())
+            if not decode:  # decode inputs come from the device token table (they may still be in flight)
+                input_ids.extend(req.fill_ids[req.kv_len : req.kv_len + take])
+                self.counters.prompt_tokens += take
             positions.extend(range(req.kv_len, req.kv_len + take))
-            if req.kv_len + take == req.fill_len and not req.is_prefix_job:
-                sample_rows.append(i)
-        # A prefix job whose whole prompt was cached has nothing to run: keep it out of the forward batch.
-        keep = [i for i, t in enumerate(takes) if t > 0]
+            if take:
+                self.kv.commit(req, slots)
+                fwd_reqs.append(req)
+                fwd_seq_lens.append(req.kv_len)
+                fwd_takes.append(take)
+            if req.is_prefix_job:
+                if req.kv_len == req.fill_len:
+                    prefix_done.append(req)
+            elif take and (decode or req.kv_len == req.fill_len):
+                sample_rows.append(len(fwd_reqs) - 1)
+                sampled.append(req)
+                if req.state is ReqState.WAITING:  # prefill complete: decodes from the next step on
+                    req.state = ReqState.RUNNING
+                    self.running.append(req)
         fb = ForwardBatch.build(
             mode,
-            input_ids,
+            None if decode else input_ids,
             positions,
-            torch.cat([new_slots[i] for i in keep]) if keep else torch.empty(0, dtype=torch.int64),
-            [reqs[i].row for i in keep],  # type: ignore[misc]
-            [reqs[i].kv_len + takes[i] for i in keep],
-            [takes[i] for i in keep],
+            torch.cat([s for s in new_slots if s.numel()]) if fwd_reqs else torch.empty(0, dtype=torch.int64),
+            [r.row for r in fwd_reqs],  # type: ignore[misc]
+            fwd_seq_lens,
+            fwd_takes,
             self.runner.table.table,
             self.runner.device,
         )
-        sampling = self._sampling_batch([reqs[i] for i in sample_rows]) if sample_rows else None
-        # sample_rows index the forward batch's requests (those with tokens this step)
-        pos_in_forward = {i: j for j, i in enumerate(keep)}
-        return ScheduledBatch(mode, reqs, new_slots, [pos_in_forward[i] for i in sample_rows], fb, sampling)
+        sampling = self._sampling_batch(sampled) if sampled else None
+        for r in sampled:
+            r.pending += 1
+        epochs = [r.epoch for r in sampled]
+        return ScheduledBatch(mode, reqs, sampled, epochs, sample_rows, prefix_done, fb, sampling)
 
     def _sampling_batch(self, reqs: list[Req]) -> SamplingBatch:
         rows = [
             SamplerRow(
                 params=r.params,
                 seed=r.seed,
-                step=len(r.output_ids),
+                step=len(r.output_ids) + r.pending,
                 prompt_ids=r.input_ids,
                 output_ids=r.output_ids,
                 eos_ids=r.eos_ids,
@@ -292,22 +357,13 @@ class Scheduler:
 
     # -- results ---------------------------------------------------------------------------------------
     def _process(self, batch: ScheduledBatch, result: StepResult) -> None:
-        sampled = iter(range(len(result.next_token_ids)))
-        for req, slots in zip(batch.reqs, batch.new_slots):
-            if slots.numel():
-                self.kv.commit(req, slots)
-            if batch.mode is ForwardMode.EXTEND:
-                self.counters.prompt_tokens += int(slots.numel())
-            if req is self.chunked:
-                continue  # more chunks to go
-            if req.is_prefix_job:
-                if req.kv_len == req.fill_len:
-                    self._share_prefix(req)
-                continue
-            j = next(sampled)
-            if req.state is ReqState.WAITING:
-                req.state = ReqState.RUNNING
-                self.running.append(req)
+        for job in batch.prefix_done:
+            if job.row is not None:  # not aborted meanwhile
+                self._share_prefix(job)
+        for j, (req, epoch) in enumerate(zip(batch.sampled, batch.epochs)):
+            if req.epoch != epoch:
+                continue  # retracted or finished since this step was built: its token is dropped
+            req.pending -= 1
             self._append_token(req, result, j)
 
     def _share_prefix(self, job: Req) -> None:
@@ -353,7 +409,7 @@ class Scheduler:
     def _emit(self, req: Req) -> None:
         req.group.queue.put_nowait(make_output(req))
 
-    def _finish(self, req: Req, reason: FinishReason) -> None:
+    def _finish(self, req: Req, reason: FinishReason, kv_valid: bool = True) -> None:
         if req.state is ReqState.FINISHED:
             return
         if req in self.running:
@@ -361,9 +417,11 @@ class Scheduler:
         if reason.type != "stop" or not isinstance(reason.matched, str):
             assert req.detok is not None
             req.text += req.detok.finish()
-        self.kv.release(req)
+        self.kv.release(req, kv_valid)
         if req.shared is not None:
             self.kv.drop_shared(req.shared)
+        req.epoch += 1  # a step still in flight for it is ignored
+        req.pending = 0
         req.state = ReqState.FINISHED
         req.finish_reason = reason
         self.counters.finished += 1
@@ -381,7 +439,7 @@ class Scheduler:
                 self._abort_group(group, message)
         self.pending_aborts.clear()
 
-    def _abort_group(self, group: RequestGroup, message: str) -> None:
+    def _abort_group(self, group: RequestGroup, message: str, kv_valid: bool = True) -> None:
         group.aborted = True
         if self.chunked is not None and self.chunked.group is group:
             self.chunked = None
@@ -390,11 +448,18 @@ class Scheduler:
             if req in self.waiting:
                 self.waiting.remove(req)
         if job is not None and not any(r.shared for r in group.reqs):
-            self.kv.release(job)  # its samples never started; once they have, the last one releases it
+            self.kv.release(
+                job, kv_valid
+            )  # its samples never started; once they have, the last one releases it
         for req in group.reqs:
-            self._finish(req, FinishReason("abort", message=message))
+            self._finish(req, FinishReason("abort", message=message), kv_valid)
 
     def _fail_batch(self, batch: ScheduledBatch, message: str) -> None:
         for req in batch.reqs:
             if req.group.rid in self.groups:
-                self._abort_group(req.group, message)
+                self._abort_group(req.group, message, kv_valid=False)  # its K/V may be garbage: cache none
+
+
+def _uses_penalties(req: Req) -> bool:
+    p = req.params
+    return p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
