@@ -38,6 +38,8 @@ def run_lite(args: argparse.Namespace, prompts: list[list[int]]) -> dict:
             "device": args.device,
             "max_total_tokens": args.max_total_tokens,
             "disable_radix_cache": args.disable_radix_cache,
+            "disable_overlap_schedule": args.disable_overlap_schedule,
+            "disable_cuda_graph": args.disable_cuda_graph,
         }.items()
         if v is not None
     }
@@ -103,6 +105,8 @@ def main() -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--max-total-tokens", type=int, default=None)
     p.add_argument("--disable-radix-cache", action="store_true", default=None)
+    p.add_argument("--disable-overlap-schedule", action="store_true", default=None)
+    p.add_argument("--disable-cuda-graph", action="store_true", default=None)
     p.add_argument("--num-prompts", type=int, default=32)
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=64)
