@@ -1,4 +1,5 @@
-// SiLU-and-mul: out = silu(gate) * up for x = [gate | up]; grid = rows x column chunks, 16-byte packs.
+// SiLU-and-mul: out = silu(gate) * up for x = [gate | up]; grid = rows (x, up to 2^31-1) x column chunks (y),
+// 16-byte packs. Rows go on x because a prefill can exceed y's 65535 limit.
 #include <algorithm>
 
 #include "../cuda_utils.cuh"
@@ -13,8 +14,8 @@ __device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f +
 
 template <typename T, int VEC>
 __global__ void silu_and_mul_kernel(SiluAndMulArgs a) {
-  const int64_t row = blockIdx.y;
-  const int64_t i = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * VEC;
+  const int64_t row = blockIdx.x;
+  const int64_t i = (static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x) * VEC;
   if (i >= a.inter) return;
   const T* gate = static_cast<const T*>(a.x) + row * a.x_stride;
   const T* up = gate + a.inter;
@@ -41,7 +42,7 @@ void launch_silu_and_mul(const SiluAndMulArgs& a, cudaStream_t stream) {
     const bool vec = a.inter % kVec == 0 && a.x_stride % kVec == 0 && a.out_stride % kVec == 0 && aligned16(a.x) &&
                      aligned16(a.out);
     const int per_block = kThreads * (vec ? kVec : 1);
-    const dim3 grid(static_cast<unsigned>(ceil_div(a.inter, per_block)), static_cast<unsigned>(a.rows));
+    const dim3 grid(static_cast<unsigned>(a.rows), static_cast<unsigned>(ceil_div(a.inter, per_block)));
     if (vec) {
       silu_and_mul_kernel<T, kVec><<<grid, kThreads, 0, stream>>>(a);
     } else {
