@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -116,6 +117,10 @@ def extend_rows() -> list[Row]:
         )
         shape = f"{b}x{seq} tok {hq}/{hkv}h d{d} causal"
         rows.append(Row("extend_attention", shape, ms, tflops=flops / ms / 1e9, note="paged, GQA"))
+        fn = partial(
+            _C.extend_attention_cuda, out, q, kc, vc, table, rpi, lens, lens, starts, 1 / math.sqrt(d)
+        )
+        rows.extend(variant_rows(fn, shape, flops, d))
         qs = q.view(b, seq, hq, d).transpose(1, 2).contiguous()
         ks = kc.view(b, seq, hkv, d).transpose(1, 2).repeat_interleave(hq // hkv, 1).contiguous()
         vs = vc.view(b, seq, hkv, d).transpose(1, 2).repeat_interleave(hq // hkv, 1).contiguous()
@@ -129,11 +134,11 @@ def extend_rows() -> list[Row]:
             except RuntimeError as exc:
                 rows.append(Row(f"sdpa {name}", shape, float("nan"), note=f"unavailable: {str(exc)[:60]}"))
         del kc, vc, qs, ks, vs
-    rows.append(ragged_extend_row())
+    rows.extend(ragged_extend_rows())
     return rows
 
 
-def ragged_extend_row() -> Row:
+def ragged_extend_rows() -> list[Row]:
     """A chunked-prefill-like batch: 8 requests, new tokens 256..2048 on cached prefixes 0..6144 (no SDPA
     equivalent in one call, so TFLOP/s only; compare with the 4k causal rows)."""
     ext = [2048, 256, 1024, 512, 2048, 768, 1536, 384]
@@ -159,9 +164,23 @@ def ragged_extend_row() -> Row:
     ms = bench(fn)
     pairs = sum(e * p + e * (e + 1) / 2 for e, p in zip(ext, prefix, strict=True))
     shape = f"ragged 8 req {sum(ext)} new tok +prefix"
-    return Row(
-        "extend_attention", shape, ms, tflops=4 * hq * d * pairs / ms / 1e9, note="paged, scattered slots"
-    )
+    flops = 4 * hq * d * pairs
+    row = Row("extend_attention", shape, ms, tflops=flops / ms / 1e9, note="paged, scattered slots")
+    return [row, *variant_rows(fn, shape, flops, d)]
+
+
+def variant_rows(fn: Callable[[], object], shape: str, flops: float, d: int) -> list[Row]:
+    """The same call with each other tensor-core kernel forced (LITE_SRT_EXTEND_KERNEL, read on every launch),
+    so one run shows the sm_90a wgmma kernels beside the portable mma.sync kernel that sm_80 builds take."""
+    rows = []
+    for kernel in ("wgmma", "wgmma128", "wgmma1", "mma32" if d <= 64 else "mma16"):
+        os.environ["LITE_SRT_EXTEND_KERNEL"] = kernel
+        try:
+            ms = bench(fn)
+        finally:
+            del os.environ["LITE_SRT_EXTEND_KERNEL"]
+        rows.append(Row(f"extend ({kernel})", shape, ms, tflops=flops / ms / 1e9, note="forced, A/B"))
+    return rows
 
 
 def elementwise_rows() -> list[Row]:

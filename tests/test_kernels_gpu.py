@@ -102,6 +102,24 @@ def test_extend_attention_cuda_matches_reference(dtype, hq, hkv, d, ext, prefix)
     assert_close_rel(out, expected)
 
 
+@pytest.mark.parametrize("kernel", ["mma16", "mma32", "wgmma", "wgmma128", "wgmma1"])
+@pytest.mark.parametrize("dtype", HALF_TYPES)
+@pytest.mark.parametrize("hq,hkv,d", [(32, 8, 128), (9, 3, 64)])
+@pytest.mark.parametrize(
+    "ext,prefix",
+    [([5, 70, 1, 33, 129], [0, 17, 300, 64, 4000]), ([1000], [0]), ([200, 131], [3000, 64])],
+    ids=["ragged-prefix", "1k", "prefix-unaligned"],
+)
+def test_extend_attention_cuda_each_kernel_matches_reference(
+    monkeypatch, kernel, dtype, hq, hkv, d, ext, prefix
+) -> None:
+    """Every tensor-core variant, forced through LITE_SRT_EXTEND_KERNEL (read on each launch). The wgmma ones
+    (overlapped with 64- or 128-key tiles, "wgmma1" not overlapped) run the sm_90a kernels where the build and
+    device have them, the portable kernel elsewhere."""
+    monkeypatch.setenv("LITE_SRT_EXTEND_KERNEL", kernel)
+    test_extend_attention_cuda_matches_reference(dtype, hq, hkv, d, ext, prefix)
+
+
 @pytest.mark.parametrize("dtype", HALF_TYPES)
 @pytest.mark.parametrize("shape", [(1, 4096), (256, 576), (7, 100)])
 def test_norms_cuda_match_reference(dtype, shape) -> None:

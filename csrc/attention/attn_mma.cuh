@@ -142,10 +142,12 @@ __device__ __forceinline__ float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-// One online-softmax step over NT 8-key accumulators: turns s into probabilities (base 2, scale folded into the
-// exponent), rescales the D/8 output accumulators o, updates st. Masked scores must be -inf.
-template <int NT, int NO>
-__device__ __forceinline__ void softmax_step(float (&s)[NT][4], float (&o)[NO][4], RowState& st, float scale) {
+// The probability half of an online-softmax step over NT 8-key accumulators: turns s into probabilities (base 2,
+// scale folded into the exponent) and updates st; returns in alpha0/alpha1 the factors by which the output
+// accumulators of rows g and g + 8 must be rescaled. Masked scores must be -inf.
+template <int NT>
+__device__ __forceinline__ void softmax_probs(float (&s)[NT][4], RowState& st, float scale, float& alpha0,
+                                              float& alpha1) {
   float mx0 = st.m0, mx1 = st.m1;
 #pragma unroll
   for (int n = 0; n < NT; ++n) {
@@ -157,7 +159,8 @@ __device__ __forceinline__ void softmax_step(float (&s)[NT][4], float (&o)[NO][4
   // A row with no visible key yet keeps m = -inf; use 0 as its reference so no inf - inf NaN appears.
   const float ref0 = mx0 == -INFINITY ? 0.0f : mx0 * scale;
   const float ref1 = mx1 == -INFINITY ? 0.0f : mx1 * scale;
-  const float alpha0 = exp2f(st.m0 * scale - ref0), alpha1 = exp2f(st.m1 * scale - ref1);
+  alpha0 = exp2f(st.m0 * scale - ref0);
+  alpha1 = exp2f(st.m1 * scale - ref1);
   st.m0 = mx0;
   st.m1 = mx1;
   float sum0 = 0.0f, sum1 = 0.0f;
@@ -172,6 +175,10 @@ __device__ __forceinline__ void softmax_step(float (&s)[NT][4], float (&o)[NO][4
   }
   st.l0 = st.l0 * alpha0 + sum0;
   st.l1 = st.l1 * alpha1 + sum1;
+}
+
+template <int NO>
+__device__ __forceinline__ void rescale_rows(float (&o)[NO][4], float alpha0, float alpha1) {
 #pragma unroll
   for (int n = 0; n < NO; ++n) {
     o[n][0] *= alpha0;
@@ -179,6 +186,14 @@ __device__ __forceinline__ void softmax_step(float (&s)[NT][4], float (&o)[NO][4
     o[n][2] *= alpha1;
     o[n][3] *= alpha1;
   }
+}
+
+// One whole online-softmax step: probabilities, then the rescale of the D/8 output accumulators o.
+template <int NT, int NO>
+__device__ __forceinline__ void softmax_step(float (&s)[NT][4], float (&o)[NO][4], RowState& st, float scale) {
+  float alpha0, alpha1;
+  softmax_probs<NT>(s, st, scale, alpha0, alpha1);
+  rescale_rows<NO>(o, alpha0, alpha1);
 }
 
 // S[16 x 8 NT] += Q (A fragments, D/16 steps) * K^T, K rows [0, 8 NT) of a padded smem tile.

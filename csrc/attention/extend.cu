@@ -10,16 +10,21 @@
 // rows see none of a tile skip it. Grid = (query head, query tile): the heads of a GQA group run side by side
 // and share K/V through L2; tiles run last-first (the longest causal rows start first) and map to
 // (request, tile) by a scan over extend_lens, so no host sync is needed.
+// sm_90a path (extend_wgmma_kernel, chosen at run time where the binary has sm_90a code and the device is a
+// Hopper): the same tiles and gather, with both matrix products on warpgroup mma (wgmma) reading K and V from
+// 128-byte-swizzled shared memory; see the comment above the kernel.
 // SIMT path: float32 and ROCm (no mma.sync there), one warp per (token, head); correct but slow.
 #include <cfloat>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <type_traits>
 
 #include "../cuda_utils.cuh"
 #include "attention.h"
 #include "attn_mma.cuh"
+#include "attn_wgmma.cuh"
 
 namespace lite_srt {
 namespace {
@@ -367,6 +372,324 @@ __global__ void __launch_bounds__(kW2Threads, 2) extend_mma2_kernel(AttentionArg
     }
   }
 }
+
+// Hopper path (sm_90a): the 8 warps form two warpgroups of 64 query rows each, and both matrix products run on
+// wgmma: S = Q K^T with Q as register A fragments (as in extend_mma_kernel) and K from shared memory, then
+// O += P V with P repacked from the S accumulators into A fragments and V from shared memory. One wgmma reads a
+// whole 64 x 16 step of K or V from shared memory for 64 rows, instead of every warp re-reading it for 16 rows
+// through ldmatrix, and it runs at Hopper's tensor-core rate, which mma.sync does not reach. K/V tiles are still
+// gathered by slot with cp.async (the paged layout rules out one tensor map per tile), stored in the 128-byte
+// swizzled layout the wgmma descriptors read. Only launched where the binary holds sm_90a code for a compute
+// capability 9.0 device.
+//
+// kOverlap = false: per tile, S wgmma -> wait -> softmax -> P V wgmma -> wait; only the other warpgroup fills
+// the tensor cores during a softmax. kOverlap = true (FlashAttention-3's intra-warpgroup overlap): the P V
+// product of tile j - 1 is issued right behind S of tile j and runs during tile j's softmax; the output rescale
+// waits for it. V of tile j - 1 must then outlive one more copy, hence one more pipeline stage.
+template <bool kOverlap, int kKeys>
+struct WgPipe {
+  // Tiles copied ahead of the one being computed: 3 x 64 keys with the overlap, else 2; at 128 keys a tile is
+  // 64 KB at d=128, so the overlap leaves room for one tile in flight only.
+  static constexpr int kDist = kKeys == 128 ? (kOverlap ? 1 : 2) : (kOverlap ? 3 : 2);
+  static constexpr int kStages = kDist + (kOverlap ? 2 : 1);  // shared-memory K/V stages
+  static constexpr int kSlotRing = kDist + 1;                // slot-index ring entries (see extend_mma_kernel)
+  // 128-key tiles double S and P in registers; Q then moves to shared memory (wgmma reads A from there too)
+  // so the overlapped kernel stays under 255 registers.
+  static constexpr bool kQSmem = kKeys == 128;
+};
+
+template <typename T, int D, bool kOverlap, int kKeys>
+constexpr size_t extend_wg_smem_bytes() {
+  using P = WgPipe<kOverlap, kKeys>;
+  return 1024 + (P::kQSmem ? kBlockQ * D * sizeof(T) : 0) + 2 * P::kStages * kKeys * D * sizeof(T) +
+         P::kSlotRing * kKeys * sizeof(int);
+}
+
+// Gathers kKeys K and V rows into swizzled tiles ([D / 64][kKeys][64] each); slots < 0 are zero-filled.
+template <typename T, int D, int kKeys>
+__device__ __forceinline__ void issue_kv_tile_sw128(T* ks, T* vs, const int* slots, const T* k_base, int64_t k_row,
+                                                    const T* v_base, int64_t v_row) {
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  constexpr int kTotal = kKeys * kChunks;
+  static_assert(kTotal % kMmaThreads == 0, "chunks must divide evenly over the block");
+#pragma unroll
+  for (int i = 0; i < kTotal / kMmaThreads; ++i) {
+    const int c = static_cast<int>(threadIdx.x) + i * kMmaThreads;
+    const int r = c / kChunks;
+    const int col = (c % kChunks) * 8;
+    const int slot = slots[r];
+    const int64_t s = slot < 0 ? 0 : slot;
+    const int off = attn::sw128_offset<kKeys>(r, col);
+    attn::cp_async_16(ks + off, k_base + s * k_row + col, slot >= 0);
+    attn::cp_async_16(vs + off, v_base + s * v_row + col, slot >= 0);
+  }
+}
+
+#if defined(LITE_SRT_SM90A)
+// S[64 x kKeys] = Q K^T for one warpgroup: D / 16 steps of kKeys / 64 wgmma (64 keys each), issued and committed,
+// not waited for.
+template <typename T, int D, int kKeys>
+__device__ __forceinline__ void issue_qk(float (&s)[kKeys / 8][4], const uint32_t (&qa)[D / 16][4], uint32_t k_addr) {
+#pragma unroll
+  for (int n = 0; n < kKeys / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+  attn::fence_regs(s);
+  attn::wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+    for (int h = 0; h < kKeys / 64; ++h) {
+      // K-major B: column block kk / 4 of the tile, 32 bytes (16 values of d) per step inside the 128-byte row;
+      // keys 64 h.. start 64 rows (8 KB) further.
+      const uint64_t desc =
+          attn::sw128_desc(k_addr + (kk >> 2) * (kKeys * 128) + h * (64 * 128) + (kk & 3) * 32, 16, 1024);
+      attn::wgmma_m64n64k16_rs<T, 0>(*reinterpret_cast<float(*)[8][4]>(&s[h * 8][0]), qa[kk], desc);
+    }
+  }
+  attn::wgmma_commit();
+}
+
+// The same with Q in shared memory (this warpgroup's 64 rows, swizzled [D / 64][64][64]) as the A operand.
+template <typename T, int D, int kKeys>
+__device__ __forceinline__ void issue_qk_ss(float (&s)[kKeys / 8][4], uint32_t q_addr, uint32_t k_addr) {
+#pragma unroll
+  for (int n = 0; n < kKeys / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+  attn::fence_regs(s);
+  attn::wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const uint64_t desc_a = attn::sw128_desc(q_addr + (kk >> 2) * (64 * 128) + (kk & 3) * 32, 16, 1024);
+#pragma unroll
+    for (int h = 0; h < kKeys / 64; ++h) {
+      const uint64_t desc =
+          attn::sw128_desc(k_addr + (kk >> 2) * (kKeys * 128) + h * (64 * 128) + (kk & 3) * 32, 16, 1024);
+      attn::wgmma_m64n64k16_ss<T, 0>(*reinterpret_cast<float(*)[8][4]>(&s[h * 8][0]), desc_a, desc);
+    }
+  }
+  attn::wgmma_commit();
+}
+
+// O[64 x D] += P V for one warpgroup (P as A fragments of kKeys / 16 16-key steps), issued and committed, not
+// waited for.
+template <typename T, int D, int kKeys>
+__device__ __forceinline__ void issue_pv(float (&o)[D / 64][8][4], const uint32_t (&pa)[kKeys / 16][4],
+                                         uint32_t v_addr) {
+#pragma unroll
+  for (int c = 0; c < D / 64; ++c) attn::fence_regs(o[c]);
+  attn::wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < kKeys / 16; ++kk) {
+#pragma unroll
+    for (int c = 0; c < D / 64; ++c) {
+      // MN-major B: 16 keys = 16 rows of 128 bytes per step; one 64-wide column block per instruction, so the
+      // leading (column-block) offset is never used and the 8-row stride is 1024 bytes.
+      const uint64_t desc = attn::sw128_desc(v_addr + c * (kKeys * 128) + kk * 16 * 128, 1024, 1024);
+      attn::wgmma_m64n64k16_rs<T, 1>(o[c], pa[kk], desc);
+    }
+  }
+  attn::wgmma_commit();
+}
+#endif  // LITE_SRT_SM90A
+
+template <typename T, int D, bool kOverlap, int kKeys>
+__global__ void __launch_bounds__(kMmaThreads, 1) extend_wgmma_kernel(AttentionArgs a, int tiles_bound) {
+#if defined(LITE_SRT_SM90A)
+  using Pipe = WgPipe<kOverlap, kKeys>;
+  constexpr int kTileElems = kKeys * D;
+  constexpr int kChunksD = D / 64;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  // Swizzle atoms need 1024-byte alignment, which the dynamic shared-memory base does not promise.
+  const uint32_t raw_addr = attn::smem_u32(smem_raw);
+  T* qs = reinterpret_cast<T*>(smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr));  // kQSmem only
+  T* ks = qs + (Pipe::kQSmem ? kBlockQ * D : 0);
+  T* vs = ks + Pipe::kStages * kTileElems;
+  int* sm_slot = reinterpret_cast<int*>(vs + Pipe::kStages * kTileElems);
+  __shared__ int64_t tile_info[2];
+
+  if (threadIdx.x == 0) {
+    int64_t req = -1, tile_in_req = 0;
+    if (!find_tile(a, tiles_bound - 1 - static_cast<int64_t>(blockIdx.y), kBlockQ, req, tile_in_req)) req = -1;
+    tile_info[0] = req;
+    tile_info[1] = tile_in_req;
+  }
+  __syncthreads();
+  const int64_t b = tile_info[0];
+  if (b < 0) return;
+  const int64_t head = blockIdx.x;
+  const int64_t kvh = head / (a.q_heads / a.kv_heads);
+  const int64_t n_ext = a.extend_lens[b];
+  const int64_t seq_len = a.seq_lens[b];
+  const int64_t prefix = seq_len - n_ext;
+  const int64_t t0 = tile_info[1] * kBlockQ;
+  const int64_t row0 = a.extend_start_loc[b] + t0;
+  const int64_t kv_end = min(seq_len, prefix + t0 + kBlockQ);
+  const int n_tiles = static_cast<int>(ceil_div(kv_end, kKeys));
+  const int64_t table_row = a.req_pool_indices[b] * a.req_to_token_stride;
+
+  const int warp = threadIdx.x / WARP_SIZE;
+  const int lane = threadIdx.x % WARP_SIZE;
+  const int g = lane >> 2;
+  const int tig = lane & 3;
+  const int64_t tw = t0 + warp * 16;  // this warp's first query token (warp w of warpgroup w / 4: rows 16 w..)
+  const int64_t tr0 = tw + g, tr1 = tr0 + 8;
+  const int64_t first_limit = prefix + tw;  // keys <= this are visible to every row of the warp
+  // wgmma is warpgroup-wide, so tiles are skipped per warpgroup (64 rows): it computes tiles [0, wg_tiles) and
+  // warps mask their own rows inside them.
+  const int64_t tg = t0 + (warp / 4) * 64;
+  const int wg_tiles = tg < n_ext ? static_cast<int>(min(prefix + tg + 63, kv_end - 1) / kKeys) + 1 : 0;
+
+  uint32_t qa[Pipe::kQSmem ? 1 : D / 16][4];
+  const T* wg_qs = qs + (warp / 4) * 64 * D;  // this warpgroup's 64 Q rows (kQSmem)
+  if constexpr (Pipe::kQSmem) {
+    // Each warpgroup copies its own rows (past the extend: zeros); the first copy group waits for them.
+    const T* qb = static_cast<const T*>(a.q) + (a.extend_start_loc[b] + tg) * a.q_stride.row + head * a.q_stride.head;
+    const int wtid = threadIdx.x % 128;
+#pragma unroll
+    for (int i = 0; i < 64 * (D / 8) / 128; ++i) {
+      const int c = wtid + i * 128;
+      const int r = c / (D / 8), col = (c % (D / 8)) * 8;
+      const bool ok = tg + r < n_ext;
+      attn::cp_async_16(const_cast<T*>(wg_qs) + attn::sw128_offset<64>(r, col), ok ? qb + r * a.q_stride.row + col : qb,
+                        ok);
+    }
+  } else {
+    const T* q0 = static_cast<const T*>(a.q) + (row0 + warp * 16 + g) * a.q_stride.row + head * a.q_stride.head;
+    attn::load_q_frags<T, D>(*reinterpret_cast<uint32_t(*)[D / 16][4]>(&qa[0][0]), q0, q0 + 8 * a.q_stride.row,
+                             tr0 < n_ext, tr1 < n_ext, tig);
+  }
+  float o[kChunksD][8][4];
+#pragma unroll
+  for (int c = 0; c < kChunksD; ++c)
+#pragma unroll
+    for (int n = 0; n < 8; ++n) o[c][n][0] = o[c][n][1] = o[c][n][2] = o[c][n][3] = 0.0f;
+  attn::RowState st;
+  const float qk_scale = a.scale * attn::kLog2e;
+  const T* k_base = static_cast<const T*>(a.k_cache) + kvh * a.k_stride.head;
+  const T* v_base = static_cast<const T*>(a.v_cache) + kvh * a.v_stride.head;
+
+  const int tid = threadIdx.x;
+  int next0 = -1, next1 = -1;
+  if (tid < kKeys) {
+#pragma unroll
+    for (int s = 0; s < Pipe::kSlotRing; ++s) {
+      sm_slot[s * kKeys + tid] = attn::slot_at(a, table_row, s * kKeys + tid, kv_end);
+    }
+    next0 = attn::slot_at(a, table_row, Pipe::kSlotRing * kKeys + tid, kv_end);
+    next1 = attn::slot_at(a, table_row, (Pipe::kSlotRing + 1) * kKeys + tid, kv_end);
+  }
+  __syncthreads();
+#pragma unroll
+  for (int s = 0; s < Pipe::kDist; ++s) {
+    if (s < n_tiles) {
+      issue_kv_tile_sw128<T, D, kKeys>(ks + s * kTileElems, vs + s * kTileElems, sm_slot + s * kKeys, k_base,
+                                a.k_stride.row, v_base, a.v_stride.row);
+    }
+    attn::cp_async_commit();
+  }
+
+  // kOverlap: P of the previous tile, whose P V product goes out with this tile's S. It starts as zeros, and the
+  // first tile's product (0 x its own V) adds nothing: every wgmma is issued on every computed tile, with no
+  // branch around it, which ptxas needs to keep them asynchronous (otherwise it serializes them, warning C7518).
+  uint32_t pa[kKeys / 16][4] = {};
+  for (int it = 0; it < n_tiles; ++it) {
+    attn::cp_async_wait<Pipe::kDist - 1>();
+    attn::fence_proxy_async();  // cp.async wrote the tile through the generic proxy; wgmma reads it async
+    __syncthreads();            // tile `it` is visible; the stage refilled below is no longer read
+    const int pre = it + Pipe::kDist;
+    if (pre < n_tiles) {
+      const int st_i = pre % Pipe::kStages;
+      issue_kv_tile_sw128<T, D, kKeys>(ks + st_i * kTileElems, vs + st_i * kTileElems,
+                                sm_slot + (pre % Pipe::kSlotRing) * kKeys, k_base, a.k_stride.row, v_base,
+                                a.v_stride.row);
+    }
+    attn::cp_async_commit();
+    if (tid < kKeys) {
+      sm_slot[(it % Pipe::kSlotRing) * kKeys + tid] = next0;
+      next0 = next1;
+      next1 = attn::slot_at(a, table_row, (it + Pipe::kSlotRing + 2) * static_cast<int64_t>(kKeys) + tid, kv_end);
+    }
+
+    if (it >= wg_tiles) continue;  // no key of this tile is visible to this warpgroup's rows
+    const uint32_t k_addr = attn::smem_u32(ks + (it % Pipe::kStages) * kTileElems);
+    const uint32_t v_addr = attn::smem_u32(vs + (it % Pipe::kStages) * kTileElems);
+
+    float s[kKeys / 8][4];
+    if constexpr (Pipe::kQSmem) {
+      issue_qk_ss<T, D, kKeys>(s, attn::smem_u32(wg_qs), k_addr);
+    } else {
+      issue_qk<T, D, kKeys>(s, *reinterpret_cast<uint32_t(*)[D / 16][4]>(&qa[0][0]), k_addr);
+    }
+    if constexpr (kOverlap) {
+      const int prev = it > 0 ? it - 1 : 0;
+      issue_pv<T, D, kKeys>(o, pa, attn::smem_u32(vs + (prev % Pipe::kStages) * kTileElems));
+      attn::wgmma_wait<1>();  // S is done; the P V product of the previous tile may still run
+    } else {
+      attn::wgmma_wait<0>();
+    }
+    attn::fence_regs(s);
+
+    const int64_t kt = static_cast<int64_t>(it) * kKeys;
+    if (kt + kKeys - 1 > first_limit || kt + kKeys > kv_end) {  // the diagonal or the end: mask
+#pragma unroll
+      for (int n = 0; n < kKeys / 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int64_t j = kt + n * 8 + tig * 2 + (e & 1);
+          const int64_t limit = prefix + (e < 2 ? tr0 : tr1);
+          if (j > limit || j >= kv_end) s[n][e] = -INFINITY;
+        }
+      }
+    }
+    float alpha0, alpha1;
+    attn::softmax_probs<kKeys / 8>(s, st, qk_scale, alpha0, alpha1);
+    if constexpr (kOverlap) {
+      attn::wgmma_wait<0>();
+      attn::fence_regs_u32(pa);  // keeps the previous P's registers untouched until the wgmma reading them is done
+    }
+#pragma unroll
+    for (int c = 0; c < kChunksD; ++c) {
+      attn::fence_regs(o[c]);
+      attn::rescale_rows<8>(o[c], alpha0, alpha1);
+    }
+#pragma unroll
+    for (int kk = 0; kk < kKeys / 16; ++kk) {
+      pa[kk][0] = attn::pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+      pa[kk][1] = attn::pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+      pa[kk][2] = attn::pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      pa[kk][3] = attn::pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+    }
+    if constexpr (!kOverlap) {
+      issue_pv<T, D, kKeys>(o, pa, v_addr);
+      attn::wgmma_wait<0>();
+    }
+#pragma unroll
+    for (int c = 0; c < kChunksD; ++c) attn::fence_regs(o[c]);
+  }
+  attn::cp_async_wait<0>();
+  if constexpr (kOverlap) {
+    // The last computed tile's P V. Its stage is still intact: the other warpgroup computes at most one tile
+    // more, and no copy after the last tile reaches back kStages tiles. A warpgroup with no tile adds 0 x V.
+    const int last = wg_tiles > 0 ? wg_tiles - 1 : 0;
+    issue_pv<T, D, kKeys>(o, pa, attn::smem_u32(vs + (last % Pipe::kStages) * kTileElems));
+    attn::wgmma_wait<0>();
+#pragma unroll
+    for (int c = 0; c < kChunksD; ++c) attn::fence_regs(o[c]);
+  }
+
+  const float l0 = attn::quad_sum(st.l0), l1 = attn::quad_sum(st.l1);
+  const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+  T* out0 = static_cast<T*>(a.out) + (row0 + warp * 16 + g) * a.out_stride.row + head * a.out_stride.head;
+  T* out1 = out0 + 8 * a.out_stride.row;
+#pragma unroll
+  for (int c = 0; c < kChunksD; ++c) {
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      const int col = c * 64 + n * 8 + tig * 2;
+      if (tr0 < n_ext) *reinterpret_cast<uint32_t*>(out0 + col) = attn::pack2<T>(o[c][n][0] * inv0, o[c][n][1] * inv0);
+      if (tr1 < n_ext) *reinterpret_cast<uint32_t*>(out1 + col) = attn::pack2<T>(o[c][n][2] * inv1, o[c][n][3] * inv1);
+    }
+  }
+#endif  // LITE_SRT_SM90A
+}
 #endif  // !USE_ROCM
 
 // One warp per (query token, head): lanes split the head dim, keys are walked one at a time.
@@ -426,15 +749,61 @@ __global__ void extend_simt_kernel(AttentionArgs a) {
   }
 }
 
-// Which tensor-core kernel serves fp16/bf16: 32 query rows per warp (extend_mma2_kernel) or 16 (extend_mma_kernel).
-// Measured on an H200: 32 rows wins at d=64 (236 vs 178 TFLOP/s); at d=128 it needs more than 255 registers and
-// spills, so 16 rows wins there (252 vs 239). LITE_SRT_EXTEND_WARP_ROWS=16 or 32 forces one, for A/B benchmarks.
-bool use_two_tile_warps(int head_dim) {
-  static const int forced = [] {
-    const char* v = std::getenv("LITE_SRT_EXTEND_WARP_ROWS");
-    return v == nullptr ? 0 : std::atoi(v);
-  }();
-  return forced == 0 ? head_dim <= 64 : forced == 32;
+// Which tensor-core kernel serves fp16/bf16. Measured on an H200 (docs/BENCHMARKS.md): with mma.sync, 32 rows
+// per warp (extend_mma2_kernel) wins at d=64 and 16 rows (extend_mma_kernel) at d=128, where the 32-row kernel
+// spills; on sm_90a the overlapped wgmma kernel serves d=128 (at d=64, where the softmax weighs more against the
+// halved matrix work, mma32 stayed ahead). The 128-key variant measured 10% faster at d=128 (run 6) but was
+// checked on the GPU only through the forced-kernel tests, so it is not the default yet.
+// LITE_SRT_EXTEND_KERNEL = mma16 | mma32 | wgmma (overlapped, 64-key tiles) | wgmma128 (overlapped, 128-key tiles,
+// Q in shared memory) | wgmma1 (not overlapped) forces one (the wgmma ones only where available), for A/B
+// benchmarks and tests; it is read on every launch so a benchmark can switch it between calls.
+enum class ExtendKernel { kMma16, kMma32, kWgmma, kWgmma128, kWgmmaSimple };
+
+#if !defined(USE_ROCM)
+// True when Kernel was loaded from sm_90a machine code on a compute capability 9.x device (a build without the
+// sm_90a target gives an empty wgmma kernel, which must never be launched). Cached per device.
+template <auto Kernel>
+bool has_sm90a_code() {
+  static int cached[64];  // 0 unknown, 1 yes, 2 no
+  int dev = 0;
+  cudaGetDevice(&dev);
+  if (dev < 0 || dev >= 64) dev = 0;
+  if (cached[dev] == 0) {
+    cudaFuncAttributes attr{};
+    int major = 0;
+    const bool ok = cudaFuncGetAttributes(&attr, Kernel) == cudaSuccess &&
+                    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess;
+    cached[dev] = ok && major == 9 && attr.binaryVersion == 90 ? 1 : 2;
+    cudaGetLastError();  // a failed query is an answer ("no"), not an error for the next launch to report
+  }
+  return cached[dev] == 1;
+}
+#endif
+
+template <typename T, int D>
+ExtendKernel choose_kernel() {
+  const char* v = std::getenv("LITE_SRT_EXTEND_KERNEL");
+  const std::string forced = v == nullptr ? "" : v;
+  bool wgmma = false;
+#if !defined(USE_ROCM)
+  wgmma = has_sm90a_code<extend_wgmma_kernel<T, D, true, 64>>();
+#endif
+  const ExtendKernel portable = D <= 64 ? ExtendKernel::kMma32 : ExtendKernel::kMma16;
+  if (forced == "mma16") return ExtendKernel::kMma16;
+  if (forced == "mma32") return ExtendKernel::kMma32;
+  if (forced == "wgmma") return wgmma ? ExtendKernel::kWgmma : portable;
+  if (forced == "wgmma1") return wgmma ? ExtendKernel::kWgmmaSimple : portable;
+  if (forced == "wgmma128") return wgmma ? ExtendKernel::kWgmma128 : portable;
+  return wgmma && D > 64 ? ExtendKernel::kWgmma : portable;
+}
+
+template <typename T, int D, bool kOverlap, int kKeys>
+void launch_wgmma(const AttentionArgs& a, dim3 grid, int tiles, cudaStream_t stream) {
+#if !defined(USE_ROCM)
+  constexpr size_t smem = extend_wg_smem_bytes<T, D, kOverlap, kKeys>();
+  set_smem_opt_in<extend_wgmma_kernel<T, D, kOverlap, kKeys>>(smem);
+  extend_wgmma_kernel<T, D, kOverlap, kKeys><<<grid, kMmaThreads, smem, stream>>>(a, tiles);
+#endif
 }
 
 template <typename T, int D>
@@ -444,14 +813,28 @@ void launch_typed(const AttentionArgs& a, cudaStream_t stream) {
     // Every request contributes at most one partial tile, so this bounds the tiles without reading lengths.
     const int64_t tiles = ceil_div(a.tokens, kBlockQ) + a.batch;
     const dim3 grid(static_cast<unsigned>(a.q_heads), static_cast<unsigned>(tiles));
-    if (use_two_tile_warps(D)) {
-      constexpr size_t smem = extend_w2_smem_bytes<T, D>();
-      set_smem_opt_in<extend_mma2_kernel<T, D>>(smem);
-      extend_mma2_kernel<T, D><<<grid, kW2Threads, smem, stream>>>(a, static_cast<int>(tiles));
-    } else {
-      constexpr size_t smem = extend_smem_bytes<T, D>();
-      set_smem_opt_in<extend_mma_kernel<T, D>>(smem);
-      extend_mma_kernel<T, D><<<grid, kMmaThreads, smem, stream>>>(a, static_cast<int>(tiles));
+    switch (choose_kernel<T, D>()) {
+      case ExtendKernel::kWgmma:
+        launch_wgmma<T, D, true, 64>(a, grid, static_cast<int>(tiles), stream);
+        break;
+      case ExtendKernel::kWgmma128:
+        launch_wgmma<T, D, true, 128>(a, grid, static_cast<int>(tiles), stream);
+        break;
+      case ExtendKernel::kWgmmaSimple:
+        launch_wgmma<T, D, false, 64>(a, grid, static_cast<int>(tiles), stream);
+        break;
+      case ExtendKernel::kMma32: {
+        constexpr size_t smem = extend_w2_smem_bytes<T, D>();
+        set_smem_opt_in<extend_mma2_kernel<T, D>>(smem);
+        extend_mma2_kernel<T, D><<<grid, kW2Threads, smem, stream>>>(a, static_cast<int>(tiles));
+        break;
+      }
+      case ExtendKernel::kMma16: {
+        constexpr size_t smem = extend_smem_bytes<T, D>();
+        set_smem_opt_in<extend_mma_kernel<T, D>>(smem);
+        extend_mma_kernel<T, D><<<grid, kMmaThreads, smem, stream>>>(a, static_cast<int>(tiles));
+        break;
+      }
     }
     return;
   }
