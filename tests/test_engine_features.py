@@ -254,3 +254,32 @@ def test_overlap_schedule_gives_same_sampled_tokens(smollm_gguf_path):
         finally:
             e.shutdown()
     assert outs[True] == outs[False]
+
+
+def test_queued_requests_reuse_a_prefix_still_running(engine):
+    """A prompt enters the radix cache when its prefill is done, not when it finishes, so requests queued
+    behind it reuse the shared system prompt while it is still decoding."""
+    engine.flush_cache()
+    system = "You are a meticulous assistant. " * 30
+    prompts = [system + q for q in ("Name a color.", "Name a fruit.", "Name an animal.", "Name a city.")]
+    outs = engine.generate(prompt=prompts, sampling_params={"max_new_tokens": 8, "temperature": 0})
+    shared = len(engine.tokenizer.encode(system)) - 2
+    assert outs[0]["meta_info"]["cached_tokens"] == 0
+    # The second request may start in the step that runs the first one's last chunk (before that prompt is
+    # cached); every request admitted after that step reuses the prefix.
+    assert all(o["meta_info"]["cached_tokens"] >= shared for o in outs[2:])
+    alone = [engine.generate(prompt=p, sampling_params={"max_new_tokens": 8, "temperature": 0}) for p in prompts]
+    assert [o["output_ids"] for o in outs] == [a["output_ids"] for a in alone]
+    _drained(engine)
+
+
+def test_cache_hit_counters_stay_within_prompt_tokens(engine):
+    before = engine.get_stats()
+    prompt = "A shared prefix for the counters test. " * 10
+    engine.generate(prompt=[prompt + "one", prompt + "two"], sampling_params={"max_new_tokens": 2})
+    engine.generate(prompt=prompt + "three", sampling_params={"max_new_tokens": 2})
+    after = engine.get_stats()
+    prompt_delta = after.prompt_tokens_total - before.prompt_tokens_total
+    hit_delta = after.cache_hit_tokens_total - before.cache_hit_tokens_total
+    assert prompt_delta == sum(len(engine.tokenizer.encode(prompt + s)) for s in ("one", "two", "three"))
+    assert 0 < hit_delta < prompt_delta

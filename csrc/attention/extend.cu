@@ -794,7 +794,7 @@ ExtendKernel choose_kernel() {
   if (forced == "wgmma") return wgmma ? ExtendKernel::kWgmma : portable;
   if (forced == "wgmma1") return wgmma ? ExtendKernel::kWgmmaSimple : portable;
   if (forced == "wgmma128") return wgmma ? ExtendKernel::kWgmma128 : portable;
-  return wgmma && D > 64 ? ExtendKernel::kWgmma : portable;
+  return wgmma && D > 64 ? ExtendKernel::kWgmma128 : portable;
 }
 
 template <typename T, int D, bool kOverlap, int kKeys>

@@ -76,7 +76,7 @@ class EngineStats:
     kv_total_tokens: int
     kv_used_tokens: int  # owned by requests + held by the prefix cache
     kv_cached_tokens: int  # held by the prefix cache
-    prompt_tokens_total: int
+    prompt_tokens_total: int  # prompt tokens of admitted requests (each counted once)
     generation_tokens_total: int
     cache_hit_tokens_total: int  # prompt tokens served from the prefix cache
     num_retractions_total: int

@@ -14,6 +14,7 @@ import torch
 from lite_srt.engine.request import Req, SharedPrefix
 from lite_srt.mem.accounting import check_pool_invariant, owned_slots
 from lite_srt.mem.allocator import KVAllocator
+from lite_srt.mem.naive_cache import NaiveCache
 from lite_srt.mem.prefix_cache import PrefixCache, create_prefix_cache
 from lite_srt.mem.req_table import ReqToTokenTable
 
@@ -109,6 +110,28 @@ class KVManager:
         before any later step on the same stream, so later steps may read them)."""
         req.kv_len += int(slots.numel())
         req.last_slot = int(slots[-1])
+
+    def cache_prompt(self, req: Req) -> None:
+        """Hand req's prefilled positions to the prefix cache now, not when it finishes, so requests queued
+        behind it (e.g. sharing a system prompt) match them at once. req keeps running on the cache's slots.
+
+        Called when the step computing those positions is built: any request matching them runs in a later
+        step on the same stream, after their K/V is written."""
+        if isinstance(self.cache, NaiveCache) or req.shared is not None or req.row is None:
+            return
+        aligned = req.kv_len // self.page_size * self.page_size  # the unaligned tail stays the request's
+        if aligned <= req.cached_len:
+            return
+        slots = self.slot_tensor(req)
+        self.cache.insert(req.fill_ids[:aligned], slots[:aligned], owned_from=req.cached_len)
+        match = self.cache.match_prefix(req.fill_ids[:aligned])
+        if match.length != aligned:
+            raise RuntimeError(f"prefix cache kept {match.length} of {aligned} inserted positions")
+        self.cache.lock(match.handle)
+        self.cache.unlock(req.cache_handle)
+        req.cache_handle, req.cached_len = match.handle, aligned
+        self.table.write(req.row, 0, match.slots)  # duplicates of older entries now point at those
+        self._slots[req.row] = [match.slots, slots[aligned:]]
 
     def slot_tensor(self, req: Req) -> torch.Tensor:
         assert req.row is not None

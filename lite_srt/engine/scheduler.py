@@ -225,6 +225,7 @@ class Scheduler:
         if fresh and req.num_retractions == 0 and not req.is_prefix_job:
             req.prompt_cached_tokens = min(req.cached_len, len(req.input_ids))
             self.counters.cache_hit_tokens += req.prompt_cached_tokens
+            self.counters.prompt_tokens += len(req.input_ids)
         need = req.fill_len - req.kv_len
         take = min(need, budget)
         reserve = 0 if force else self._decode_reserve((admitted or []) + [req])
@@ -308,7 +309,6 @@ class Scheduler:
             take = int(slots.numel())
             if not decode:  # decode inputs come from the device token table (they may still be in flight)
                 input_ids.extend(req.fill_ids[req.kv_len : req.kv_len + take])
-                self.counters.prompt_tokens += take
             positions.extend(range(req.kv_len, req.kv_len + take))
             if take:
                 self.kv.commit(req, slots)
@@ -324,6 +324,7 @@ class Scheduler:
                 if req.state is ReqState.WAITING:  # prefill complete: decodes from the next step on
                     req.state = ReqState.RUNNING
                     self.running.append(req)
+                    self.kv.cache_prompt(req)
         fb = ForwardBatch.build(
             mode,
             None if decode else input_ids,
