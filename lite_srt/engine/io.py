@@ -41,19 +41,33 @@ class FinishReason:
 
 @dataclass
 class RequestOutput:
+    """One update of one sample. `output_ids` / `logprobs` are views of the request's append-only lists cut at
+    this update's length, materialized only when read (copying them on every token would cost O(n^2))."""
+
     rid: str
     index: int  # sample index in [0, n)
     text: str  # text so far; a stop string is trimmed; text that may still become a stop string is held back
-    output_ids: list[int]
     delta_text: str
     delta_ids: list[int]
-    logprobs: list[TokenLogprob] | None  # one per output token when requested
     delta_logprobs: list[TokenLogprob] | None
     finished: bool
     finish_reason: FinishReason | None
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
+    all_ids: list[int] = field(
+        default_factory=list, repr=False
+    )  # the request's list (grows after this update)
+    all_logprobs: list[TokenLogprob] | None = field(default=None, repr=False)
+
+    @property
+    def output_ids(self) -> list[int]:
+        return self.all_ids[: self.completion_tokens]
+
+    @property
+    def logprobs(self) -> list[TokenLogprob] | None:
+        """One per output token when requested."""
+        return None if self.all_logprobs is None else self.all_logprobs[: self.completion_tokens]
 
     def meta_info(self) -> dict[str, Any]:
         m: dict[str, Any] = {

@@ -90,10 +90,11 @@ class KVManager:
             slots = self.allocator.alloc_next(last)
         if slots is None:
             raise RuntimeError("decode step has no KV slots; _make_room_for_decode must run first")
+        rows = torch.tensor([r.row for r in reqs], dtype=torch.int64)
+        cols = torch.tensor([r.kv_len for r in reqs], dtype=torch.int64)
+        self.table.write_many(rows, cols, slots)  # one copy for the batch, not one per request
         for r, s in zip(reqs, slots.split(1)):
-            assert r.row is not None
-            self.table.write(r.row, r.kv_len, s)
-            self._slots[r.row].append(s)
+            self._slots[r.row].append(s)  # type: ignore[index]
         return slots
 
     def unextend(self, req: Req, slots: torch.Tensor) -> None:

@@ -129,16 +129,16 @@ def make_output(req: Req) -> RequestOutput:
         rid=req.rid,
         index=req.index,
         text=req.text[:text_end],
-        output_ids=list(req.output_ids),
         delta_text=req.text[req.sent_text_len : text_end],
         delta_ids=req.output_ids[req.sent_ids_len :],
-        logprobs=list(req.logprobs) if req.logprobs is not None else None,
         delta_logprobs=req.logprobs[req.sent_logprobs_len :] if req.logprobs is not None else None,
         finished=finished,
         finish_reason=req.finish_reason,
         prompt_tokens=len(req.input_ids),
         completion_tokens=len(req.output_ids),
         cached_tokens=req.prompt_cached_tokens,
+        all_ids=req.output_ids,
+        all_logprobs=req.logprobs,
     )
     req.sent_text_len = text_end
     req.sent_ids_len = len(req.output_ids)

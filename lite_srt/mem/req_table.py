@@ -51,6 +51,15 @@ class ReqToTokenTable:
         self._check_range(start, end, "write")
         self.table[row, start:end] = slots.to(device=self.device, dtype=torch.int32)
 
+    def write_many(self, rows: torch.Tensor, cols: torch.Tensor, slots: torch.Tensor) -> None:
+        """table[rows[i], cols[i]] = slots[i] for all i, as one scatter (a decode step's new positions)."""
+        if rows.numel() == 0:
+            return
+        if int(cols.max()) >= self.max_context_len or int(cols.min()) < 0:
+            raise IndexError(f"ReqToTokenTable.write_many: a column is outside [0, {self.max_context_len})")
+        packed = torch.stack((rows, cols, slots.to(torch.int64))).to(self.device, non_blocking=True)
+        self.table[packed[0], packed[1]] = packed[2].to(torch.int32)
+
     def read(self, row: int, start: int, end: int) -> torch.Tensor:
         """table[row, start:end] as int64."""
         self._check_row(row, "read")
