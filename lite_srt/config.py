@@ -66,6 +66,9 @@ class ServerArgs:
     disable_overlap_schedule: bool = _opt(
         "process each step's results before building the next step (A/B for overlap scheduling)", False
     )
+    disable_mixed_chunk: bool = _opt(
+        "run prefill chunks alone instead of mixing running requests' decodes into them (A/B)", False
+    )
     # Server
     host: str = _opt("bind address", "127.0.0.1")
     port: int = _opt("bind port", 30000)

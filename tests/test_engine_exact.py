@@ -152,3 +152,19 @@ def test_greedy_without_overlap_schedule_matches_transformers(smollm_gguf_path, 
         _check(cases, e.generate(input_ids=[c["ids"] for c in cases], sampling_params=_greedy()))
     finally:
         e.shutdown()
+
+
+@pytest.mark.parametrize("mixed", [True, False])
+def test_mixed_prefill_and_decode_steps_keep_greedy_exact(smollm_gguf_path, cases, mixed):
+    """Small prefill chunks while others decode: with mixing, decodes ride along in the prefill steps."""
+    e = Engine(
+        model_path=smollm_gguf_path,
+        max_total_tokens=8192,
+        chunked_prefill_size=48,
+        disable_mixed_chunk=not mixed,
+    )
+    try:
+        _check(cases, e.generate(input_ids=[c["ids"] for c in cases], sampling_params=_greedy()))
+        assert (e.core.scheduler.counters.mixed_steps > 0) == mixed
+    finally:
+        e.shutdown()

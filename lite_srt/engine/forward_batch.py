@@ -30,6 +30,9 @@ class ForwardBatch:
     extend_start_loc: torch.Tensor  # [B] int64
     logits_indices: torch.Tensor  # [B] int64: the row of each request's last token
     req_to_token: torch.Tensor  # [R, max_context] int32, the whole table (the kernels index it)
+    # Mixed batches: input_ids[gather_idx[i]] is the last token sampled for table row gather_rows[i].
+    gather_idx: torch.Tensor | None = None
+    gather_rows: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:

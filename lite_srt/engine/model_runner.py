@@ -188,6 +188,8 @@ class ModelRunner:
         t0 = time.perf_counter()
         if batch.input_ids is None:
             batch.input_ids = self.next_tokens[batch.req_pool_indices]
+        elif batch.gather_idx is not None:
+            batch.input_ids[batch.gather_idx] = self.next_tokens[batch.gather_rows]
         if self.graphs is not None and self.graphs.can_run(batch):
             logits = self.graphs.replay(batch)
         else:

@@ -66,6 +66,7 @@ class SchedulerCounters:
     cache_hit_tokens: int = 0
     retractions: int = 0
     finished: int = 0
+    mixed_steps: int = 0  # prefill steps that also decoded running requests
 
 
 class Scheduler:
@@ -187,7 +188,14 @@ class Scheduler:
         return int(self.new_token_ratio * remaining)
 
     def _schedule_prefill(self) -> ScheduledBatch | None:
-        budget = self.args.chunked_prefill_size
+        # Mixed batches: running requests decode in the same step as the prefill chunk, so a long prompt does
+        # not stall every stream for its whole prefill. They take one token each from the step's budget.
+        decodes = (
+            []
+            if self.args.disable_mixed_chunk
+            else [r for r in self.running if not self._finishes_with_pending(r)]
+        )
+        budget = self.args.chunked_prefill_size - len(decodes)
         reqs: list[Req] = []
         new_slots: list[torch.Tensor] = []
         if self.chunked is not None:
@@ -212,6 +220,11 @@ class Scheduler:
             budget -= len(slots)
         if not reqs:
             return None
+        if decodes and sum(self.kv.slots_needed(r, 1) for r in decodes) <= self.kv.available():
+            # Only when they fit without retraction: a pure decode step handles memory pressure.
+            decode_slots = list(self.kv.extend_decode(decodes).split(1))
+            self.counters.mixed_steps += 1
+            return self._build(ForwardMode.EXTEND, reqs + decodes, new_slots + decode_slots, len(decodes))
         return self._build(ForwardMode.EXTEND, reqs, new_slots)
 
     def _admit(
@@ -254,7 +267,7 @@ class Scheduler:
         reqs = [r for r in self.running if not self._finishes_with_pending(r)]
         if not reqs:
             return None
-        return self._build(ForwardMode.DECODE, reqs, list(self.kv.extend_decode(reqs).split(1)))
+        return self._build(ForwardMode.DECODE, reqs, list(self.kv.extend_decode(reqs).split(1)), len(reqs))
 
     def _finishes_with_pending(self, req: Req) -> bool:
         """The in-flight token is its last (length limits): no need to decode it further."""
@@ -294,9 +307,15 @@ class Scheduler:
         logger.debug("retracted %s after %d tokens", req.rid, len(req.output_ids))
 
     # -- batch building --------------------------------------------------------------------------------
-    def _build(self, mode: ForwardMode, reqs: list[Req], new_slots: list[torch.Tensor]) -> ScheduledBatch:
-        """The forward batch for reqs, whose new positions already have slots; commits those positions."""
+    def _build(
+        self, mode: ForwardMode, reqs: list[Req], new_slots: list[torch.Tensor], num_decode: int = 0
+    ) -> ScheduledBatch:
+        """The forward batch for reqs, whose new positions already have slots; commits those positions.
+        The last `num_decode` requests decode one token whose input is the last sampled token, read on the
+        device from the runner's token table (it may still be in flight)."""
         decode = mode is ForwardMode.DECODE
+        first_decode = len(reqs) - num_decode
+        gather_idx: list[int] = []
         input_ids: list[int] = []
         positions: list[int] = []
         sampled: list[Req] = []
@@ -305,9 +324,13 @@ class Scheduler:
         fwd_reqs: list[Req] = []
         fwd_seq_lens: list[int] = []
         fwd_takes: list[int] = []
-        for req, slots in zip(reqs, new_slots):
+        for i, (req, slots) in enumerate(zip(reqs, new_slots)):
             take = int(slots.numel())
-            if not decode:  # decode inputs come from the device token table (they may still be in flight)
+            is_decode = i >= first_decode
+            if is_decode:
+                gather_idx.append(len(positions))
+                input_ids.append(0)  # placeholder, filled on the device
+            else:
                 input_ids.extend(req.fill_ids[req.kv_len : req.kv_len + take])
             positions.extend(range(req.kv_len, req.kv_len + take))
             if take:
@@ -318,7 +341,7 @@ class Scheduler:
             if req.is_prefix_job:
                 if req.kv_len == req.fill_len:
                     prefix_done.append(req)
-            elif take and (decode or req.kv_len == req.fill_len):
+            elif take and (is_decode or req.kv_len == req.fill_len):
                 sample_rows.append(len(fwd_reqs) - 1)
                 sampled.append(req)
                 if req.state is ReqState.WAITING:  # prefill complete: decodes from the next step on
@@ -336,6 +359,11 @@ class Scheduler:
             self.runner.table.table,
             self.runner.device,
         )
+        if gather_idx and not decode:
+            fb.gather_idx = torch.tensor(gather_idx, dtype=torch.int64).to(self.runner.device)
+            fb.gather_rows = torch.tensor([r.row for r in reqs[first_decode:]], dtype=torch.int64).to(
+                self.runner.device
+            )
         sampling = self._sampling_batch(sampled) if sampled else None
         for r in sampled:
             r.pending += 1
