@@ -48,8 +48,10 @@ class ServerArgs:
     mem_fraction_static: float | None = _opt("fraction of GPU memory for weights + KV pool (GPU only)")
     max_running_requests: int = _opt("most requests decoding at once", 256)
     max_queued_requests: int | None = _opt("answer 503 when this many requests wait (default: unbounded)")
-    chunked_prefill_size: int = _opt("per-step prefill token budget; long prompts are split in chunks", 2048)
-    max_prefill_tokens: int = _opt("prefill tokens admitted per step (counting all requests)", 16384)
+    chunked_prefill_size: int | None = _opt(
+        "per-step prefill token budget; long prompts are split in chunks (default: 8192 on GPUs with 60+ GiB, "
+        "else 2048)"
+    )
     page_size: int = _opt("KV allocation granularity in tokens", 1)
     schedule_policy: str = _opt("waiting-queue order", "fcfs", ("fcfs", "lpm"))
     disable_radix_cache: bool = _opt("use the naive cache (no prefix reuse), for A/B", False)
@@ -85,7 +87,7 @@ class ServerArgs:
 
         if self.page_size < 1:
             raise bad("page_size", f"must be >= 1, got {self.page_size}")
-        if self.chunked_prefill_size < 1:
+        if self.chunked_prefill_size is not None and self.chunked_prefill_size < 1:
             raise bad("chunked_prefill_size", f"must be >= 1, got {self.chunked_prefill_size}")
         if self.max_running_requests < 1:
             raise bad("max_running_requests", f"must be >= 1, got {self.max_running_requests}")

@@ -195,7 +195,7 @@ class Scheduler:
             if self.args.disable_mixed_chunk
             else [r for r in self.running if not self._finishes_with_pending(r)]
         )
-        budget = self.args.chunked_prefill_size - len(decodes)
+        budget = self.runner.chunked_prefill_size - len(decodes)
         reqs: list[Req] = []
         new_slots: list[torch.Tensor] = []
         if self.chunked is not None:
