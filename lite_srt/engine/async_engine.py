@@ -153,7 +153,7 @@ class AsyncEngine:
         if rid in sched.groups:
             raise InvalidRequestError(f"request id {rid!r} is already in use", param="rid")
         params = req.sampling_params
-        group = RequestGroup(rid, params.n, len(ids))
+        group = RequestGroup(rid, params.n)
         base_seed = params.seed if params.seed is not None else self._rng.getrandbits(_SEED_BITS)
         for i in range(params.n):
             r = Req(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,7 +68,6 @@ class Req:
     sent_ids_len: int = 0
     logprobs: list[TokenLogprob] | None = None
     sent_logprobs_len: int = 0
-    created: float = field(default_factory=time.monotonic)
 
     @property
     def fill_ids(self) -> list[int]:
@@ -80,10 +78,6 @@ class Req:
     def fill_len(self) -> int:
         return len(self.input_ids) + len(self.output_ids)
 
-    @property
-    def own_start(self) -> int:
-        return self.cached_len
-
     def remaining_new_tokens(self) -> int:
         return max(self.params.max_new_tokens - len(self.output_ids), 0)
 
@@ -91,10 +85,9 @@ class Req:
 class RequestGroup:
     """A user request: its n sample Reqs and the queue its caller reads RequestOutputs from."""
 
-    def __init__(self, rid: str, n: int, prompt_len: int) -> None:
+    def __init__(self, rid: str, n: int) -> None:
         self.rid = rid
         self.n = n
-        self.prompt_len = prompt_len
         self.reqs: list[Req] = []
         self.prefix_job: Req | None = None  # prefills the prompt the n samples share
         self.queue: asyncio.Queue[RequestOutput] = asyncio.Queue()

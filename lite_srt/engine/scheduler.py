@@ -90,7 +90,6 @@ class Scheduler:
         self.new_token_ratio = _RATIO_INIT * args.schedule_conservativeness
         self.wakeup = asyncio.Event()
         self.stopped = False
-        self.last_step_error: BaseException | None = None
 
     # -- entry points (event loop) -------------------------------------------------------------------
     def add_group(self, group: RequestGroup, prefix_job: Req | None) -> None:
@@ -119,7 +118,6 @@ class Scheduler:
                 inflight = await self._iteration(inflight)
             except Exception as e:  # a bookkeeping bug must not leave callers waiting forever
                 logger.exception("scheduler iteration failed; failing all requests in flight")
-                self.last_step_error = e
                 inflight = None
                 for group in list(self.groups.values()):
                     self._abort_group(group, f"internal error: {e!r}", kv_valid=False)
@@ -158,7 +156,6 @@ class Scheduler:
             result = await inflight.result
         except Exception as e:  # a failed step fails its requests; everyone else keeps being served
             logger.exception("forward step failed")
-            self.last_step_error = e
             self._fail_batch(inflight.batch, f"internal error in the forward step: {e}")
             return
         self._process(inflight.batch, result)
