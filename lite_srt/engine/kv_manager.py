@@ -27,8 +27,9 @@ class KVManager:
         self.allocator = KVAllocator(num_slots, page_size)
         self.cache: PrefixCache = create_prefix_cache(self.allocator, page_size, disable_radix_cache)
         self.table = table
-        # CPU copy of each live request's slots (the table itself may live on the GPU).
-        self._slots: dict[int, list[torch.Tensor]] = {}
+        # CPU copy of each live request's slots, as plain ints: decode appends one per step, and a list append
+        # is far cheaper than a tensor op (the table itself may live on the GPU).
+        self._slots: dict[int, list[int]] = {}
         self._holders: set[Req] = set()  # requests with a table row
 
     # -- capacity ---------------------------------------------------------------------------------------
@@ -63,7 +64,7 @@ class KVManager:
             req.cache_handle = match.handle
             slots = match.slots
         self.table.write(row, 0, slots)
-        self._slots[row] = [slots] if slots.numel() else []
+        self._slots[row] = slots.tolist()
         req.cached_len = req.kv_len = int(slots.numel())
         req.last_slot = int(slots[-1]) if slots.numel() else -1
         return True
@@ -78,7 +79,7 @@ class KVManager:
                 return None
         assert req.row is not None
         self.table.write(req.row, req.kv_len, slots)
-        self._slots[req.row].append(slots)
+        self._slots[req.row].extend(slots.tolist())
         return slots
 
     def extend_decode(self, reqs: list[Req]) -> torch.Tensor:
@@ -93,14 +94,15 @@ class KVManager:
         rows = torch.tensor([r.row for r in reqs], dtype=torch.int64)
         cols = torch.tensor([r.kv_len for r in reqs], dtype=torch.int64)
         self.table.write_many(rows, cols, slots)  # one copy for the batch, not one per request
-        for r, s in zip(reqs, slots.split(1)):
-            self._slots[r.row].append(s)  # type: ignore[index]
+        for r, v in zip(reqs, slots.tolist()):
+            self._slots[r.row].append(v)  # type: ignore[index]
         return slots
 
     def unextend(self, req: Req, slots: torch.Tensor) -> None:
         """Undo the last `extend` (admission changed its mind before any K/V was written)."""
-        assert req.row is not None and self._slots[req.row][-1] is slots
-        self._slots[req.row].pop()
+        assert req.row is not None
+        owned = self._slots[req.row]
+        del owned[len(owned) - slots.numel() :]
         if req.kv_len % self.page_size:  # the first slots share the request's partly used page: keep it
             slots = slots[self.page_size - req.kv_len % self.page_size :]
         if slots.numel():
@@ -132,14 +134,11 @@ class KVManager:
         self.cache.unlock(req.cache_handle)
         req.cache_handle, req.cached_len = match.handle, aligned
         self.table.write(req.row, 0, match.slots)  # duplicates of older entries now point at those
-        self._slots[req.row] = [match.slots, slots[aligned:]]
+        self._slots[req.row] = match.slots.tolist() + self._slots[req.row][aligned:]
 
     def slot_tensor(self, req: Req) -> torch.Tensor:
         assert req.row is not None
-        chunks = self._slots[req.row]
-        if len(chunks) > 1:  # compact so repeated reads stay cheap
-            chunks[:] = [torch.cat(chunks)]
-        return chunks[0] if chunks else torch.empty(0, dtype=torch.int64)
+        return torch.tensor(self._slots[req.row], dtype=torch.int64)
 
     # -- release ----------------------------------------------------------------------------------------
     def release(self, req: Req, kv_valid: bool = True) -> None:

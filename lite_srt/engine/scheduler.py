@@ -219,9 +219,8 @@ class Scheduler:
             return None
         if decodes and sum(self.kv.slots_needed(r, 1) for r in decodes) <= self.kv.available():
             # Only when they fit without retraction: a pure decode step handles memory pressure.
-            decode_slots = list(self.kv.extend_decode(decodes).split(1))
             self.counters.mixed_steps += 1
-            return self._build(ForwardMode.EXTEND, reqs + decodes, new_slots + decode_slots, len(decodes))
+            return self._build(ForwardMode.EXTEND, reqs, new_slots, decodes, self.kv.extend_decode(decodes))
         return self._build(ForwardMode.EXTEND, reqs, new_slots)
 
     def _admit(
@@ -264,7 +263,7 @@ class Scheduler:
         reqs = [r for r in self.running if not self._finishes_with_pending(r)]
         if not reqs:
             return None
-        return self._build(ForwardMode.DECODE, reqs, list(self.kv.extend_decode(reqs).split(1)), len(reqs))
+        return self._build(ForwardMode.DECODE, [], [], reqs, self.kv.extend_decode(reqs))
 
     def _finishes_with_pending(self, req: Req) -> bool:
         """The in-flight token is its last (length limits): no need to decode it further."""
@@ -305,13 +304,18 @@ class Scheduler:
 
     # -- batch building --------------------------------------------------------------------------------
     def _build(
-        self, mode: ForwardMode, reqs: list[Req], new_slots: list[torch.Tensor], num_decode: int = 0
+        self,
+        mode: ForwardMode,
+        reqs: list[Req],
+        new_slots: list[torch.Tensor],
+        decodes: list[Req] | None = None,
+        decode_slots: torch.Tensor | None = None,
     ) -> ScheduledBatch:
-        """The forward batch for reqs, whose new positions already have slots; commits those positions.
-        The last `num_decode` requests decode one token whose input is the last sampled token, read on the
-        device from the runner's token table (it may still be in flight)."""
+        """The forward batch for prefill chunks `reqs` and one-token decodes `decodes`, whose new positions
+        already have slots; commits those positions. A decode's input is the last token sampled for it, read
+        on the device from the runner's token table (it may still be in flight)."""
         decode = mode is ForwardMode.DECODE
-        first_decode = len(reqs) - num_decode
+        decodes = decodes or []
         gather_idx: list[int] = []
         input_ids: list[int] = []
         positions: list[int] = []
@@ -321,14 +325,9 @@ class Scheduler:
         fwd_reqs: list[Req] = []
         fwd_seq_lens: list[int] = []
         fwd_takes: list[int] = []
-        for i, (req, slots) in enumerate(zip(reqs, new_slots)):
+        for req, slots in zip(reqs, new_slots):
             take = int(slots.numel())
-            is_decode = i >= first_decode
-            if is_decode:
-                gather_idx.append(len(positions))
-                input_ids.append(0)  # placeholder, filled on the device
-            else:
-                input_ids.extend(req.fill_ids[req.kv_len : req.kv_len + take])
+            input_ids.extend(req.fill_ids[req.kv_len : req.kv_len + take])
             positions.extend(range(req.kv_len, req.kv_len + take))
             if take:
                 self.kv.commit(req, slots)
@@ -338,18 +337,31 @@ class Scheduler:
             if req.is_prefix_job:
                 if req.kv_len == req.fill_len:
                     prefix_done.append(req)
-            elif take and (is_decode or req.kv_len == req.fill_len):
+            elif take and req.kv_len == req.fill_len:
                 sample_rows.append(len(fwd_reqs) - 1)
                 sampled.append(req)
                 if req.state is ReqState.WAITING:  # prefill complete: decodes from the next step on
                     req.state = ReqState.RUNNING
                     self.running.append(req)
                     self.kv.cache_prompt(req)
+        # Decodes: plain-int bookkeeping, no per-request tensor ops (this runs every step for every stream).
+        for req, slot in zip(decodes, decode_slots.tolist() if decode_slots is not None else []):
+            gather_idx.append(len(positions))
+            input_ids.append(0)  # placeholder, filled on the device
+            positions.append(req.kv_len)
+            req.kv_len += 1
+            req.last_slot = slot
+            fwd_reqs.append(req)
+            fwd_seq_lens.append(req.kv_len)
+            fwd_takes.append(1)
+            sample_rows.append(len(fwd_reqs) - 1)
+            sampled.append(req)
+        chunks = [s for s in new_slots if s.numel()] + ([decode_slots] if decode_slots is not None else [])
         fb = ForwardBatch.build(
             mode,
             None if decode else input_ids,
             positions,
-            torch.cat([s for s in new_slots if s.numel()]) if fwd_reqs else torch.empty(0, dtype=torch.int64),
+            torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.int64),
             [r.row for r in fwd_reqs],  # type: ignore[misc]
             fwd_seq_lens,
             fwd_takes,
@@ -358,14 +370,12 @@ class Scheduler:
         )
         if gather_idx and not decode:
             fb.gather_idx = torch.tensor(gather_idx, dtype=torch.int64).to(self.runner.device)
-            fb.gather_rows = torch.tensor([r.row for r in reqs[first_decode:]], dtype=torch.int64).to(
-                self.runner.device
-            )
+            fb.gather_rows = torch.tensor([r.row for r in decodes], dtype=torch.int64).to(self.runner.device)
         sampling = self._sampling_batch(sampled) if sampled else None
         for r in sampled:
             r.pending += 1
         epochs = [r.epoch for r in sampled]
-        return ScheduledBatch(mode, reqs, sampled, epochs, sample_rows, prefix_done, fb, sampling)
+        return ScheduledBatch(mode, reqs + decodes, sampled, epochs, sample_rows, prefix_done, fb, sampling)
 
     def _sampling_batch(self, reqs: list[Req]) -> SamplingBatch:
         rows = [
