@@ -197,11 +197,11 @@ class ModelRunner:
             logits = self.model(batch, self.pool)
         if not sample_rows or sampling is None:
             return StepResult([], None, None, None, time.perf_counter() - t0)
+        idx = torch.tensor(sample_rows, device=self.device)
         if len(sample_rows) != logits.shape[0]:
-            logits = logits[torch.tensor(sample_rows, device=logits.device)]
+            logits = logits[idx]
         out = sample(logits, sampling)
-        rows = batch.req_pool_indices[torch.tensor(sample_rows, device=self.device)]
-        self.next_tokens[rows] = out.next_token_ids
+        self.next_tokens[batch.req_pool_indices[idx]] = out.next_token_ids
         return StepResult(
             next_token_ids=out.next_token_ids.tolist(),
             logprobs=out.logprobs.tolist() if out.logprobs is not None else None,

@@ -185,6 +185,8 @@ class Scheduler:
         return int(self.new_token_ratio * remaining)
 
     def _schedule_prefill(self) -> ScheduledBatch | None:
+        if not self.waiting and self.chunked is None:
+            return None
         # Mixed batches: running requests decode in the same step as the prefill chunk, so a long prompt does
         # not stall every stream for its whole prefill. They take one token each from the step's budget.
         decodes = (
