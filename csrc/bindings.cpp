@@ -5,6 +5,7 @@
 // (kernel_args.h) and calls the CPU kernel or the CUDA launcher.
 #include <torch/extension.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,7 @@
 
 #include "attention/attention.h"
 #include "cache/store_kv.h"
+#include "ops/gemv.h"
 #include "ops/ops.h"
 #endif
 
@@ -391,6 +393,54 @@ void extend_attention_cuda(at::Tensor out, at::Tensor q, at::Tensor k_cache, at:
                                       extend_lens, extend_start_loc, scale, Backend::kCUDA),
                           stream_for(q));
 }
+
+// out [M, N] = in(x) [M, K] @ weight[N, K]^T (+ bias), M <= 8; in(x) = x, or silu_and_mul(x) for x [M, 2K].
+GemvArgs make_gemv(const at::Tensor& out, const at::Tensor& x, const at::Tensor& weight,
+                   const std::optional<at::Tensor>& bias, bool fuse_silu_mul) {
+  const char* op = "gemv";
+  GemvArgs a{};
+  a.dtype = activation_dtype(x, op, "x");
+  TORCH_CHECK_TYPE(a.dtype != DType::kFloat32, op, ": x must be float16 or bfloat16, got ", x.scalar_type());
+  check_device(out, Backend::kCUDA, x, op, "out");
+  check_device(weight, Backend::kCUDA, x, op, "weight");
+  check_same_dtype(out, x, op, "out", "x");
+  check_same_dtype(weight, x, op, "weight", "x");
+  TORCH_CHECK_VALUE(weight.dim() == 2 && weight.is_contiguous(), op, ": weight must be a contiguous 2-D [N, K] ",
+                    "tensor, got shape ", weight.sizes(), " strides ", weight.strides());
+  a.n = weight.size(0);
+  a.k = weight.size(1);
+  TORCH_CHECK_VALUE(a.k > 0 && a.k % 8 == 0, op, ": K = weight.size(1) must be a positive multiple of 8, got ",
+                    a.k);
+  const int64_t in_width = fuse_silu_mul ? 2 * a.k : a.k;
+  a.x_stride = row_stride(x, op, "x", in_width);
+  a.out_stride = row_stride(out, op, "out", a.n);
+  a.rows = num_rows(x);
+  TORCH_CHECK_VALUE(a.rows >= 1 && a.rows <= kGemvMaxRows, op, ": x has ", a.rows, " rows (shape ", x.sizes(),
+                    "); the GEMV takes 1 to ", kGemvMaxRows);
+  TORCH_CHECK_VALUE(num_rows(out) == a.rows, op, ": out has shape ", out.sizes(), " but x has ", x.sizes());
+  TORCH_CHECK_VALUE(a.x_stride % 8 == 0 && (reinterpret_cast<uintptr_t>(x.data_ptr()) & 15u) == 0 &&
+                        (reinterpret_cast<uintptr_t>(weight.data_ptr()) & 15u) == 0,
+                    op, ": x and weight must be 16-byte aligned with a row stride that is a multiple of 8 ",
+                    "(x row stride ", a.x_stride, ")");
+  if (bias.has_value() && bias->defined()) {
+    check_device(*bias, Backend::kCUDA, x, op, "bias");
+    check_same_dtype(*bias, x, op, "bias", "x");
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == a.n && bias->is_contiguous(), op,
+                      ": bias must be a contiguous [N=", a.n, "] tensor, got shape ", bias->sizes());
+    a.bias = bias->data_ptr();
+  }
+  a.out = out.data_ptr();
+  a.x = x.data_ptr();
+  a.weight = weight.data_ptr();
+  a.fuse_silu_mul = fuse_silu_mul;
+  return a;
+}
+
+void gemv_cuda(at::Tensor out, at::Tensor x, at::Tensor weight, std::optional<at::Tensor> bias,
+               bool fuse_silu_mul) {
+  const c10::cuda::CUDAGuard guard = guard_for(x, "gemv", "x");
+  launch_gemv(make_gemv(out, x, weight, bias, fuse_silu_mul), stream_for(x));
+}
 #endif
 
 }  // namespace
@@ -429,6 +479,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("extend_attention_cuda", &extend_attention_cuda, py::arg("out"), py::arg("q"), py::arg("k_cache"),
         py::arg("v_cache"), py::arg("req_to_token"), py::arg("req_pool_indices"), py::arg("seq_lens"),
         py::arg("extend_lens"), py::arg("extend_start_loc"), py::arg("scale"));
+  m.def("gemv_cuda", &gemv_cuda, "out = x @ weight.T (+ bias) for 1..8 rows; x = silu_and_mul(x) if fused",
+        py::arg("out"), py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("fuse_silu_mul"));
 #endif
 #ifdef LITE_SRT_WITH_RADIX
   register_radix_tree(m);

@@ -292,3 +292,29 @@ def test_other_ops_reject_bad_arguments() -> None:
         )
     with pytest.raises(ValueError, match="even"):
         _C.silu_and_mul_cpu(torch.empty(2, 3), torch.randn(2, 7))
+
+
+# ---------------------------------------------------------------- linear dispatch (CPU: always torch)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 64), (3, 576), (2, 5, 128), (20, 40)])
+def test_linear_and_silu_mul_linear_fall_back_to_f_linear_on_cpu(
+    dtype: torch.dtype, shape: tuple[int, ...]
+) -> None:
+    import torch.nn.functional as F
+
+    from lite_srt import kernels
+
+    k, n = shape[-1], 96
+    x = torch.randn(shape, dtype=dtype)
+    w = torch.randn(n, k, dtype=dtype)
+    bias = torch.randn(n, dtype=dtype)
+    for b in (None, bias):
+        out = kernels.linear(x, w, b)
+        assert out.shape == (*shape[:-1], n) and out.dtype == dtype
+        torch.testing.assert_close(out, F.linear(x, w, b))
+    gate_up = torch.randn(*shape[:-1], 2 * k, dtype=dtype)
+    fused = kernels.silu_mul_linear(gate_up, w, bias)
+    torch.testing.assert_close(fused, F.linear(kernels.silu_and_mul(gate_up), w, bias))
+    assert_close_rel(fused, ref.silu_mul_linear(gate_up.float(), w.float(), bias.float()), dtype)

@@ -184,3 +184,114 @@ def test_cuda_ops_reject_cpu_tensors() -> None:
     x = torch.randn(4, 64)
     with pytest.raises(ValueError, match="GPU"):
         _C.rmsnorm_cuda(torch.empty_like(x), x, torch.randn(64), 1e-6)
+
+
+# ---------------------------------------------------------------- small-batch GEMV (linear layers at decode)
+
+GEMV_KS = [64, 576, 4096, 14336]
+GEMV_NS = [1, 7, 576, 4096, 49152]
+
+
+def _gemv_out(m: int, n: int, dtype: torch.dtype) -> torch.Tensor:
+    return torch.full((m, n), float("nan"), device=DEV, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", HALF_TYPES)
+@pytest.mark.parametrize("n", GEMV_NS)
+@pytest.mark.parametrize("k", GEMV_KS)
+@pytest.mark.parametrize("m", [1, 2, 3, 8])
+def test_gemv_cuda_matches_reference_with_and_without_bias_and_fused(dtype, m, k, n) -> None:
+    w = torch.randn(n, k, device=DEV, dtype=dtype) / math.sqrt(k)
+    bias = torch.randn(n, device=DEV, dtype=dtype)
+    x = torch.randn(m, k, device=DEV, dtype=dtype)
+    for b in (None, bias):
+        out = _gemv_out(m, n, dtype)
+        _C.gemv_cuda(out, x, w, b, False)
+        assert_close_rel(out, ref.linear(x.float(), w.float(), None if b is None else b.float()))
+    gate_up = torch.randn(m, 2 * k, device=DEV, dtype=dtype)
+    out = _gemv_out(m, n, dtype)
+    _C.gemv_cuda(out, gate_up, w, bias, True)
+    assert_close_rel(out, ref.silu_mul_linear(gate_up.float(), w.float(), bias.float()))
+
+
+@pytest.mark.parametrize("variant", ["1", "2", "4"])
+@pytest.mark.parametrize("m", [1, 5, 8])
+def test_gemv_cuda_every_launch_shape_matches_reference(monkeypatch, variant, m) -> None:
+    """Each rows-per-warp shape, forced through LITE_SRT_GEMV_VARIANT (read on each launch), on a K that
+    spans several x tiles and a partial last chunk, and an N that leaves the last block partly empty."""
+    monkeypatch.setenv("LITE_SRT_GEMV_VARIANT", variant)
+    k, n = 14336 + 8 * 37, 4096 + 13
+    w = torch.randn(n, k, device=DEV, dtype=torch.bfloat16) / math.sqrt(k)
+    gate_up = torch.randn(m, 2 * k, device=DEV, dtype=torch.bfloat16)
+    out = _gemv_out(m, n, torch.bfloat16)
+    _C.gemv_cuda(out, gate_up, w, None, True)
+    assert_close_rel(out, ref.silu_mul_linear(gate_up.float(), w.float()))
+
+
+def test_gemv_cuda_reads_strided_rows_and_writes_strided_out() -> None:
+    k, n = 576, 1000
+    w = torch.randn(n, k, device=DEV, dtype=torch.float16)
+    x = torch.randn(4, k + 64, device=DEV, dtype=torch.float16)[:, :k]  # row stride 640
+    out_buf = torch.full((4, n + 24), float("nan"), device=DEV, dtype=torch.float16)
+    _C.gemv_cuda(out_buf[:, :n], x, w, None, False)
+    assert_close_rel(out_buf[:, :n], ref.linear(x.float(), w.float()))
+    assert out_buf[:, n:].isnan().all(), "gemv wrote past the end of an output row"
+
+
+@pytest.mark.parametrize("dtype", HALF_TYPES)
+def test_kernels_linear_dispatch_matches_f_linear_on_gpu(dtype) -> None:
+    from lite_srt import kernels
+
+    w = torch.randn(4096, 1024, device=DEV, dtype=dtype) / 32
+    bias = torch.randn(4096, device=DEV, dtype=dtype)
+    w_down = torch.randn(4096, 512, device=DEV, dtype=dtype) / 32
+    for shape in [(1, 1024), (2, 3, 1024), (8, 1024), (9, 1024), (300, 1024)]:  # native and torch row counts
+        x = torch.randn(shape, device=DEV, dtype=dtype)
+        out = kernels.linear(x, w, bias)
+        assert out.shape == (*shape[:-1], 4096)
+        assert_close_rel(out, ref.linear(x.float(), w.float(), bias.float()))
+        gate_up = torch.randn(*shape[:-1], 1024, device=DEV, dtype=dtype)
+        fused = kernels.silu_mul_linear(gate_up, w_down)
+        assert fused.shape == (*shape[:-1], 4096)
+        assert_close_rel(fused, ref.silu_mul_linear(gate_up.float(), w_down.float()))
+
+
+def test_kernels_linear_runs_native_gemv_only_when_eligible(monkeypatch) -> None:
+    from lite_srt import kernels
+
+    calls: list[bool] = []
+    real = _C.gemv_cuda
+    monkeypatch.setattr(_C, "gemv_cuda", lambda *args: (calls.append(args[-1]), real(*args))[1])
+    w = torch.randn(256, 64, device=DEV, dtype=torch.bfloat16)
+    kernels.linear(torch.randn(3, 64, device=DEV, dtype=torch.bfloat16), w)
+    kernels.silu_mul_linear(torch.randn(1, 128, device=DEV, dtype=torch.bfloat16), w)
+    assert calls == [False, True]
+    kernels.linear(torch.randn(9, 64, device=DEV, dtype=torch.bfloat16), w)  # too many rows
+    kernels.linear(torch.randn(2, 64, device=DEV), w.float())  # float32
+    kernels.linear(torch.randn(2, 60, device=DEV, dtype=torch.bfloat16), w[:, :60])  # K % 8 != 0, strided
+    kernels.linear(torch.randn(64, 2, device=DEV, dtype=torch.bfloat16).t(), w)  # x not contiguous
+    monkeypatch.setattr(kernels, "_GEMV_ENABLED", False)  # what LITE_SRT_GEMV=0 sets at import
+    kernels.linear(torch.randn(1, 64, device=DEV, dtype=torch.bfloat16), w)
+    assert calls == [False, True]
+
+
+def test_gemv_cuda_rejects_bad_arguments() -> None:
+    w = torch.randn(32, 64, device=DEV, dtype=torch.bfloat16)
+    x = torch.randn(2, 64, device=DEV, dtype=torch.bfloat16)
+    out = torch.empty(2, 32, device=DEV, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="1 to 8"):
+        _C.gemv_cuda(torch.empty(9, 32, device=DEV, dtype=torch.bfloat16), x.repeat(5, 1)[:9], w, None, False)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        _C.gemv_cuda(out, x[:, :60], w[:, :60].contiguous(), None, False)
+    with pytest.raises(TypeError, match="float16 or bfloat16"):
+        _C.gemv_cuda(out.float(), x.float(), w.float(), None, False)
+    with pytest.raises(TypeError, match="weight"):
+        _C.gemv_cuda(out, x, w.half(), None, False)
+    with pytest.raises(ValueError, match="expected 128"):
+        _C.gemv_cuda(out, x, w, None, True)  # fused needs x of width 2K
+    with pytest.raises(ValueError, match="bias"):
+        _C.gemv_cuda(out, x, w, torch.randn(31, device=DEV, dtype=torch.bfloat16), False)
+    with pytest.raises(ValueError, match="aligned"):
+        _C.gemv_cuda(out, torch.randn(2, 65, device=DEV, dtype=torch.bfloat16)[:, 1:], w, None, False)
+    with pytest.raises(ValueError, match="GPU"):
+        _C.gemv_cuda(out, x.cpu(), w, None, False)

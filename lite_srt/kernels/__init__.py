@@ -10,6 +10,7 @@ import logging
 import os
 
 import torch
+import torch.nn.functional as F
 
 from lite_srt.kernels import reference as ref
 
@@ -27,6 +28,9 @@ except ImportError as e:  # pragma: no cover - depends on the build
 
 # LITE_SRT_KERNELS=reference forces the torch reference ops (A/B and debugging).
 _FORCE_REF = os.environ.get("LITE_SRT_KERNELS", "") == "reference"
+# LITE_SRT_GEMV=0 sends every linear layer to torch (cuBLAS) instead of the native small-batch GEMV (A/B runs).
+# Read once: linear() is on the per-layer hot path.
+_GEMV_ENABLED = os.environ.get("LITE_SRT_GEMV", "1") != "0"
 
 
 def _native(name: str, t: torch.Tensor):
@@ -140,3 +144,66 @@ def extend_attention(
         scale,
     )
     return out
+
+
+# ---- linear layers: the native GEMV for decode-sized batches, torch (cuBLAS / CPU BLAS) otherwise
+
+_GEMV_MAX_ROWS = 8  # the kernel is instantiated for 1..8 activation rows (csrc/ops/gemv.h)
+_GEMV_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _gemv_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, in_width: int):
+    """The native GEMV when it applies to these tensors, else None (the caller uses torch).
+
+    It applies to CUDA fp16/bf16 inference with at most 8 rows of a contiguous x whose last dim is in_width,
+    a contiguous [N, K] weight with K % 8 == 0, and 16-byte aligned data (the kernel reads 16-byte packs).
+    """
+    if not _GEMV_ENABLED or not x.is_cuda or x.dtype not in _GEMV_DTYPES:
+        return None
+    op = _native("gemv", x)
+    if op is None or weight.dtype != x.dtype or weight.dim() != 2 or not weight.is_contiguous():
+        return None
+    k = weight.shape[1]
+    if k == 0 or k % 8 != 0 or x.dim() == 0 or x.shape[-1] != in_width or not x.is_contiguous():
+        return None
+    if not 1 <= x.numel() // in_width <= _GEMV_MAX_ROWS:
+        return None
+    if x.data_ptr() % 16 != 0 or weight.data_ptr() % 16 != 0:
+        return None
+    if bias is not None and (bias.dtype != x.dtype or bias.dim() != 1 or not bias.is_contiguous()):
+        return None
+    # The native op has no backward; keep autograd working where someone trains or checks gradients.
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return None
+    return op
+
+
+def _gemv(op, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, fuse: bool) -> torch.Tensor:
+    n = weight.shape[0]
+    out = torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
+    op(out.view(-1, n), x.view(-1, x.shape[-1]), weight, bias, fuse)
+    return out
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear semantics: x [..., K] @ weight[N, K]^T (+ bias) -> [..., N].
+
+    Decode-sized CUDA batches (1..8 rows) run the native GEMV, which streams the weight at near copy
+    bandwidth; everything else (prefill, CPU, fp32, odd layouts) goes to torch.
+    """
+    op = _gemv_op(x, weight, bias, weight.shape[-1])
+    if op is None:
+        return F.linear(x, weight, bias)
+    return _gemv(op, x, weight, bias, fuse=False)
+
+
+def silu_mul_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """linear(silu_and_mul(x), weight, bias) for x [..., 2K] (gate | up) and weight [N, K].
+
+    The native GEMV computes silu(gate) * up while staging its input, so the MLP's down projection at decode
+    is one launch with no intermediate tensor; other cases run the two steps.
+    """
+    op = _gemv_op(x, weight, bias, 2 * weight.shape[-1])
+    if op is None:
+        return linear(silu_and_mul(x), weight, bias)
+    return _gemv(op, x, weight, bias, fuse=True)

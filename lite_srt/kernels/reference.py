@@ -124,3 +124,14 @@ def extend_attention(
             q.dtype
         )
     return out
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., K] @ weight[N, K]^T (+ bias [N]) -> [..., N], summed in float32 (the GEMV's semantics)."""
+    out = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
+    return out.to(x.dtype)
+
+
+def silu_mul_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """linear(silu_and_mul(x), weight, bias) for x [..., 2K] (gate | up): the fused down projection."""
+    return linear(silu_and_mul(x), weight, bias)
