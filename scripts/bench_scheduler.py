@@ -51,7 +51,7 @@ class FakeRunner:
     next_tokens: torch.Tensor
     device: torch.device
     chunked_prefill_size: int
-    rng: random.Random
+    tokens: list[int]  # pre-drawn random tokens, handed out in slices so `step` itself costs ~nothing
     decode_steps: list[tuple[float, int]] = field(default_factory=list)  # (time, batch size)
 
     @classmethod
@@ -63,7 +63,7 @@ class FakeRunner:
             next_tokens=torch.zeros(table.max_reqs, dtype=torch.int64),
             device=torch.device("cpu"),
             chunked_prefill_size=2048,
-            rng=random.Random(seed),
+            tokens=[random.Random(seed).randrange(100, VOCAB) for _ in range(1 << 16)],
         )
 
     def step(self, batch: ForwardBatch, sample_rows: list[int], sampling: SamplingBatch | None) -> StepResult:
@@ -71,9 +71,9 @@ class FakeRunner:
             self.decode_steps.append((time.perf_counter(), batch.batch_size))
         if not sample_rows or sampling is None:
             return StepResult([], None, None, None, 0.0)
-        rand = self.rng.randrange
-        tokens = [rand(100, VOCAB) for _ in sample_rows]  # away from the low (special) ids, like real text
-        self.next_tokens[batch.req_pool_indices[sample_rows]] = torch.tensor(tokens)
+        # Ids away from the low (special) ones, like real text; a different slice each step.
+        start = (len(self.decode_steps) * 7919) % (len(self.tokens) - len(sample_rows))
+        tokens = self.tokens[start : start + len(sample_rows)]
         return StepResult(tokens, None, None, None, 0.0)
 
 
@@ -167,17 +167,25 @@ def main() -> None:
     )
     p.add_argument("--overlap", choices=["both", "on", "off"], default="both")
     p.add_argument("--repeat", type=int, default=1, help="runs per case; the best is reported")
+    p.add_argument(
+        "--loop", choices=["uvloop", "asyncio"], default="uvloop", help="the server runs on uvloop"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", help="write cProfile stats to PROFILE.<streams>.<mode>")
     p.add_argument("--out", default="bench_scheduler.json")
     args = p.parse_args()
     torch.set_num_threads(1)  # the event loop is one thread; the forward thread would own the rest
     tokenizer = load_tokenizer(args.tokenizer)
+    run = asyncio.run
+    if args.loop == "uvloop":
+        import uvloop
+
+        run = uvloop.run
     modes = {"both": [True, False], "on": [True], "off": [False]}[args.overlap]
     rows = []
     for streams in args.streams:
         for overlap in modes:
-            runs = [asyncio.run(run_case(args, streams, overlap, tokenizer)) for _ in range(args.repeat)]
+            runs = [run(run_case(args, streams, overlap, tokenizer)) for _ in range(args.repeat)]
             best = min(runs, key=lambda r: r["us_per_decode_step"])
             rows.append(best)
             print(json.dumps(best), flush=True)
@@ -185,7 +193,7 @@ def main() -> None:
         json.dump({"args": vars(args), "results": rows}, f, indent=2)
     print(
         f"\ninput {args.input_len} / output {args.output_len}, temperature {args.temperature}, "
-        f"tokenizer {args.tokenizer or 'NullTokenizer'}; event-loop time per decode step (fake runner, CPU)"
+        f"tokenizer {args.tokenizer or 'NullTokenizer'}, {args.loop}; event-loop time per decode step (fake runner, CPU)"
     )
     print("| streams | overlap | us / decode step | us / request-token | decode steps |")
     print("|---|---|---|---|---|")

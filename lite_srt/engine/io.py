@@ -39,7 +39,7 @@ class FinishReason:
         return d
 
 
-@dataclass
+@dataclass(slots=True)  # one is made per stream per step: slots make that cheaper
 class RequestOutput:
     """One update of one sample. `output_ids` / `logprobs` are views of the request's append-only lists cut at
     this update's length, materialized only when read (copying them on every token would cost O(n^2))."""

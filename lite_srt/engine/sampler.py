@@ -35,6 +35,7 @@ from lite_srt.sampling_params import SamplingParams
 # would be argmax anyway (up to exact ties).
 _MIN_TEMPERATURE = 1e-5
 
+_NEVER = 1 << 62
 _MASK32 = 0xFFFFFFFF
 _GOLDEN32 = 0x9E3779B9  # odd, so token_index -> token_index * _GOLDEN32 (mod 2^32) is a bijection
 
@@ -120,10 +121,26 @@ class SamplingBatch:
             top_logprobs=top_logprobs,
         )
 
+    @classmethod
+    def plain_greedy(cls, batch_size: int, vocab_size: int) -> SamplingBatch:
+        """A batch whose every row is a plain argmax (see `plain_greedy_from`): nothing per row to build."""
+        if batch_size < 1:
+            raise ValueError(f"SamplingBatch.plain_greedy: batch_size must be >= 1, got {batch_size}")
+        return cls(batch_size, vocab_size, True, None, None, None, False, 0)
+
     @property
     def adjusts_logits(self) -> bool:
         """Whether penalties or min-token bans change the logits before selection."""
         return self.penalties is not None or self.banned is not None
+
+
+def plain_greedy_from(p: SamplingParams, banned_until_min: frozenset[int]) -> int:
+    """The output length from which a row with these params is a plain argmax row (no temperature, filters,
+    penalties, logprobs or bans); a huge number if never. `banned_until_min` are the tokens masked while
+    min_new_tokens is not reached (stop ids, plus EOS unless ignore_eos)."""
+    if not _is_greedy(p) or _has_penalty(p) or p.logprobs or p.top_logprobs > 0:
+        return _NEVER
+    return p.min_new_tokens if banned_until_min else 0
 
 
 def _is_greedy(p: SamplingParams) -> bool:

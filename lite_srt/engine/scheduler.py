@@ -83,6 +83,7 @@ class Scheduler:
         self.kv = KVManager(runner.pool.num_slots, args.page_size, runner.table, args.disable_radix_cache)
         self.waiting: deque[Req] = deque()
         self.running: list[Req] = []
+        self.penalized: set[Req] = set()  # running requests with penalties (they force a synced step)
         self.chunked: Req | None = None  # a request part-way through a chunked prefill
         self.groups: dict[str, RequestGroup] = {}
         self.pending_aborts: dict[str, str] = {}  # rid -> why
@@ -94,6 +95,8 @@ class Scheduler:
     # -- entry points (event loop) -------------------------------------------------------------------
     def add_group(self, group: RequestGroup, prefix_job: Req | None) -> None:
         self.groups[group.rid] = group
+        for r in group.reqs:  # the context ends a request like max_new_tokens does
+            r.max_output = min(r.params.max_new_tokens, self.context_length - len(r.input_ids))
         if prefix_job is not None:
             self.waiting.append(prefix_job)
         else:
@@ -163,7 +166,7 @@ class Scheduler:
     def _must_sync(self) -> bool:
         """Penalties count every output token on the CPU, so a decode step of such a request needs the
         previous step's tokens processed first."""
-        return any(r.pending and _uses_penalties(r) for r in self.running)
+        return any(r.pending for r in self.penalized) if self.penalized else False
 
     def stop(self) -> None:
         self.stopped = True
@@ -262,18 +265,19 @@ class Scheduler:
             self.new_token_ratio - _RATIO_DECAY * self.args.schedule_conservativeness,
             _RATIO_MIN * self.args.schedule_conservativeness,
         )
-        reqs = [r for r in self.running if not self._finishes_with_pending(r)]
+        reqs = [r for r in self.running if len(r.output_ids) + r.pending < r.max_output]
         if not reqs:
             return None
         return self._build(ForwardMode.DECODE, [], [], reqs, self.kv.extend_decode(reqs))
 
     def _finishes_with_pending(self, req: Req) -> bool:
         """The in-flight token is its last (length limits): no need to decode it further."""
-        n_out = len(req.output_ids) + req.pending
-        return n_out >= req.params.max_new_tokens or req.fill_len + req.pending >= self.context_length
+        return len(req.output_ids) + req.pending >= req.max_output
 
     def _make_room_for_decode(self) -> None:
         """Evict, then retract the least-advanced requests until every running request fits one more token."""
+        if len(self.running) * self.kv.page_size <= self.kv.available():
+            return  # nobody needs more than a page: skip the per-request sum (the common case)
         while True:
             need = sum(self.kv.slots_needed(r, 1) for r in self.running if not self._finishes_with_pending(r))
             if need <= self.kv.available():
@@ -292,6 +296,7 @@ class Scheduler:
 
     def _retract(self, req: Req) -> None:
         self.running.remove(req)
+        self.penalized.discard(req)
         self.kv.release(req)  # its computed KV goes to the prefix cache, so readmission can reuse it
         req.epoch += 1  # a token still in flight is dropped; re-prefill samples the same step again
         req.pending = 0
@@ -316,7 +321,9 @@ class Scheduler:
         """The forward batch for prefill chunks `reqs` and one-token decodes `decodes`, whose new positions
         already have slots; commits those positions. A decode's input is the last token sampled for it, read
         on the device from the runner's token table (it may still be in flight)."""
-        decode = mode is ForwardMode.DECODE
+        if mode is ForwardMode.DECODE:
+            assert decode_slots is not None and decodes
+            return self._build_decode(decodes, decode_slots)
         decodes = decodes or []
         gather_idx: list[int] = []
         input_ids: list[int] = []
@@ -345,6 +352,8 @@ class Scheduler:
                 if req.state is ReqState.WAITING:  # prefill complete: decodes from the next step on
                     req.state = ReqState.RUNNING
                     self.running.append(req)
+                    if _uses_penalties(req):
+                        self.penalized.add(req)
                     self.kv.cache_prompt(req)
         # Decodes: plain-int bookkeeping, no per-request tensor ops (this runs every step for every stream).
         for req, slot in zip(decodes, decode_slots.tolist() if decode_slots is not None else []):
@@ -361,7 +370,7 @@ class Scheduler:
         chunks = [s for s in new_slots if s.numel()] + ([decode_slots] if decode_slots is not None else [])
         fb = ForwardBatch.build(
             mode,
-            None if decode else input_ids,
+            input_ids,
             positions,
             torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.int64),
             [r.row for r in fwd_reqs],  # type: ignore[misc]
@@ -370,7 +379,7 @@ class Scheduler:
             self.runner.table.table,
             self.runner.device,
         )
-        if gather_idx and not decode:
+        if gather_idx:
             fb.gather_idx = torch.tensor(gather_idx, dtype=torch.int64).to(self.runner.device)
             fb.gather_rows = torch.tensor([r.row for r in decodes], dtype=torch.int64).to(self.runner.device)
         sampling = self._sampling_batch(sampled) if sampled else None
@@ -379,7 +388,34 @@ class Scheduler:
         epochs = [r.epoch for r in sampled]
         return ScheduledBatch(mode, reqs + decodes, sampled, epochs, sample_rows, prefix_done, fb, sampling)
 
+    def _build_decode(self, reqs: list[Req], slots: torch.Tensor) -> ScheduledBatch:
+        """A pure decode step: one new position per request, inputs read on the device. The per-step path at
+        high concurrency, so per-request work is a few list comprehensions over plain ints."""
+        positions = [r.kv_len for r in reqs]
+        for r, slot in zip(reqs, slots.tolist()):
+            r.kv_len += 1
+            r.last_slot = slot
+        n = len(reqs)
+        fb = ForwardBatch.build(
+            ForwardMode.DECODE,
+            None,
+            positions,
+            slots,
+            [r.row for r in reqs],  # type: ignore[misc]
+            [p + 1 for p in positions],
+            [1] * n,
+            self.runner.table.table,
+            self.runner.device,
+        )
+        sampling = self._sampling_batch(reqs)
+        for r in reqs:
+            r.pending += 1
+        epochs = [r.epoch for r in reqs]
+        return ScheduledBatch(ForwardMode.DECODE, reqs, reqs, epochs, list(range(n)), [], fb, sampling)
+
     def _sampling_batch(self, reqs: list[Req]) -> SamplingBatch:
+        if all(len(r.output_ids) >= r.plain_sampling_from for r in reqs):
+            return SamplingBatch.plain_greedy(len(reqs), self.vocab_size)
         rows = [
             SamplerRow(
                 params=r.params,
@@ -398,11 +434,24 @@ class Scheduler:
         for job in batch.prefix_done:
             if job.row is not None:  # not aborted meanwhile
                 self._share_prefix(job)
+        tokens = result.next_token_ids
+        has_logprobs = result.logprobs is not None
+        appended = 0
         for j, (req, epoch) in enumerate(zip(batch.sampled, batch.epochs)):
             if req.epoch != epoch:
                 continue  # retracted or finished since this step was built: its token is dropped
             req.pending -= 1
-            self._append_token(req, result, j)
+            appended += 1
+            tok = tokens[j]
+            req.output_ids.append(tok)
+            if has_logprobs and req.logprobs is not None:
+                self._append_logprob(req, result, j, tok)
+            reason = self._stop_reason(req, tok)
+            if reason is not None:
+                self._finish(req, reason)
+            else:
+                req.group.queue.put_nowait(make_output(req))
+        self.counters.generation_tokens += appended
 
     def _share_prefix(self, job: Req) -> None:
         group = job.group
@@ -411,36 +460,33 @@ class Scheduler:
             child.shared = shared
             self.waiting.appendleft(child)
 
-    def _append_token(self, req: Req, result: StepResult, j: int) -> None:
-        tok = result.next_token_ids[j]
-        req.output_ids.append(tok)
-        self.counters.generation_tokens += 1
-        if req.logprobs is not None and result.logprobs is not None:
-            top: list[tuple[int, float]] = []
-            if req.params.top_logprobs and result.top_logprob_ids is not None and result.top_logprob_vals:
-                k = req.params.top_logprobs
-                top = list(zip(result.top_logprob_ids[j][:k], result.top_logprob_vals[j][:k]))
-            req.logprobs.append(TokenLogprob(tok, result.logprobs[j], top))
-        reason = self._stop_reason(req, tok)
-        if reason is not None:
-            self._finish(req, reason)
-        else:
-            self._emit(req)
+    def _append_logprob(self, req: Req, result: StepResult, j: int, tok: int) -> None:
+        assert req.logprobs is not None and result.logprobs is not None
+        top: list[tuple[int, float]] = []
+        if req.params.top_logprobs and result.top_logprob_ids is not None and result.top_logprob_vals:
+            k = req.params.top_logprobs
+            top = list(zip(result.top_logprob_ids[j][:k], result.top_logprob_vals[j][:k]))
+        req.logprobs.append(TokenLogprob(tok, result.logprobs[j], top))
 
     def _stop_reason(self, req: Req, tok: int) -> FinishReason | None:
-        p = req.params
-        can_stop = len(req.output_ids) >= p.min_new_tokens
-        if can_stop and (tok in p.stop_token_ids or (not p.ignore_eos and tok in req.eos_ids)):
+        """Why req ends after appending tok, if it does. Runs for every stream every step: the common
+        request (no stop strings, stop ids a precomputed set) costs a set lookup, a detokenizer push and a
+        length compare."""
+        n_out = len(req.output_ids)
+        if tok in req.stop_ids and n_out >= req.params.min_new_tokens:
             return FinishReason("stop", matched=tok)
         assert req.detok is not None
-        prev = len(req.text)
-        req.text += req.detok.push([tok])
-        if can_stop and req.stop_matcher is not None:
-            hit = req.stop_matcher.find(req.text, prev)
-            if hit is not None:
-                req.text = req.text[: hit[0]]
-                return FinishReason("stop", matched=hit[1])
-        if len(req.output_ids) >= p.max_new_tokens or req.fill_len >= self.context_length:
+        delta = req.detok.push_one(tok)
+        if delta:
+            prev = len(req.text)
+            req.text += delta
+            matcher = req.stop_matcher
+            if matcher is not None and n_out >= req.params.min_new_tokens:
+                hit = matcher.find(req.text, prev)
+                if hit is not None:
+                    req.text = req.text[: hit[0]]
+                    return FinishReason("stop", matched=hit[1])
+        if n_out >= req.max_output:
             return FinishReason("length")
         return None
 
@@ -450,8 +496,9 @@ class Scheduler:
     def _finish(self, req: Req, reason: FinishReason, kv_valid: bool = True) -> None:
         if req.state is ReqState.FINISHED:
             return
-        if req in self.running:
+        if req.state is ReqState.RUNNING:
             self.running.remove(req)
+            self.penalized.discard(req)
         if reason.type != "stop" or not isinstance(reason.matched, str):
             assert req.detok is not None
             req.text += req.detok.finish()

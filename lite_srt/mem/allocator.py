@@ -76,14 +76,22 @@ class KVAllocator:
         tail = pages if p == 1 else (pages[:, None] * p + self._page_offsets).reshape(-1)[: n - in_page]
         return torch.from_numpy(np.concatenate((head, tail)) if in_page else tail)
 
-    def alloc_next(self, last_slots: torch.Tensor) -> torch.Tensor | None:
+    def alloc_next(self, last_slots: torch.Tensor | np.ndarray) -> torch.Tensor | None:
         """One slot each for the next position of many requests (a decode step), given their last slots.
 
         Same rule as alloc(1, last_slot) per request, in one vectorized call. None (allocating nothing)
-        when there are not enough free pages for all of them.
+        when there are not enough free pages for all of them. Takes a tensor or an int64 numpy array (the
+        scheduler's decode path builds numpy, which is cheaper from Python ints).
         """
-        last = last_slots.detach().to(device="cpu", dtype=torch.int64).numpy().reshape(-1)
+        if isinstance(last_slots, torch.Tensor):
+            last = last_slots.detach().to(device="cpu", dtype=torch.int64).numpy().reshape(-1)
+        else:
+            last = np.asarray(last_slots, dtype=np.int64).reshape(-1)
         p = self.page_size
+        if p == 1:  # every slot is its own page: all of them are new pages
+            if last.size > self._num_free:
+                return None
+            return torch.from_numpy(self._take_pages(last.size))
         new_page = (last < 0) | (last % p == p - 1)
         need = int(new_page.sum())
         if need > self._num_free:

@@ -6,6 +6,7 @@ them. They keep only small windows of state, so the work per generated token doe
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -20,6 +21,20 @@ MAX_WINDOW_TOKENS = 32
 
 class _Decoder(Protocol):
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
+
+
+# len(decode([token])) per token id, per (tokenizer, skip_special_tokens): a pure function of its key, memoized
+# because closing a one-token window needs it for every stream every step. Bounded by the vocabulary size;
+# entries go with their tokenizer.
+_TOKEN_LENGTHS: weakref.WeakKeyDictionary[object, dict[bool, dict[int, int]]] = weakref.WeakKeyDictionary()
+
+
+def token_length_cache(tokenizer: _Decoder, skip_special_tokens: bool) -> dict[int, int]:
+    """The shared memo of single-token decode lengths for this tokenizer and setting."""
+    per_tokenizer = _TOKEN_LENGTHS.get(tokenizer)
+    if per_tokenizer is None:
+        per_tokenizer = _TOKEN_LENGTHS[tokenizer] = {}
+    return per_tokenizer.setdefault(skip_special_tokens, {})
 
 
 class IncrementalDetokenizer:
@@ -43,8 +58,11 @@ class IncrementalDetokenizer:
         tokenizer: _Decoder,
         skip_special_tokens: bool = True,
         spaces_between_special_tokens: bool = True,
+        token_lengths: dict[int, int] | None = None,
     ) -> None:
         self._tokenizer = tokenizer
+        # Optional memo of len(decode([t])) (see token_length_cache); it must match this skip setting.
+        self._token_lengths = token_lengths
         self.skip_special_tokens = skip_special_tokens
         self.spaces_between_special_tokens = spaces_between_special_tokens
         self._ids: list[int] = []
@@ -63,6 +81,30 @@ class IncrementalDetokenizer:
             return self._close_window(window)
         # Everything before the trailing U+FFFD run is final: later bytes can only change the open character.
         return self._take(window, len(window.rstrip(REPLACEMENT_CHAR)))
+
+    def push_one(self, token_id: int) -> str:
+        """`push([token_id])`, inlined for the common case: the scheduler calls it for every stream every
+        step, so the helper calls and the list are worth saving."""
+        ids = self._ids
+        ids.append(token_id)
+        start = self._prefix_offset
+        decode = self._tokenizer.decode
+        window = decode(ids[start:], skip_special_tokens=self.skip_special_tokens)
+        if window[-1:] == REPLACEMENT_CHAR and len(ids) - start <= MAX_WINDOW_TOKENS:
+            return self._take(window, len(window.rstrip(REPLACEMENT_CHAR)))
+        delta = window[self._emitted :]  # close the window: as _close_window, with the slices done once
+        self.text += delta
+        self._prefix_offset = start = self._read_offset
+        self._read_offset = len(ids)
+        lengths = self._token_lengths
+        if lengths is not None and len(ids) - start == 1:  # the usual case: the window was one token
+            n = lengths.get(token_id)
+            if n is None:
+                n = lengths[token_id] = len(decode([token_id], skip_special_tokens=self.skip_special_tokens))
+            self._emitted = n
+        else:
+            self._emitted = len(decode(ids[start:], skip_special_tokens=self.skip_special_tokens))
+        return delta
 
     def finish(self) -> str:
         """Emit whatever is held; an incomplete character at the very end becomes U+FFFD, as in decode()."""
