@@ -18,8 +18,14 @@ from lite_srt.errors import InvalidRequestError
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 
 
-def _opt(help: str, default: Any = None, choices: tuple[Any, ...] | None = None, **kw: Any) -> Any:
-    meta = {"help": help}
+def _opt(
+    help: str,
+    default: Any = None,
+    choices: tuple[Any, ...] | None = None,
+    aliases: tuple[str, ...] = (),
+    **kw: Any,
+) -> Any:
+    meta: dict[str, Any] = {"help": help, "aliases": aliases}
     if choices is not None:
         meta["choices"] = choices
     return field(default=default, metadata=meta, **kw)
@@ -71,6 +77,13 @@ class ServerArgs:
     disable_mixed_chunk: bool = _opt(
         "run prefill chunks alone instead of mixing running requests' decodes into them (A/B)", False
     )
+    # Tensor parallelism
+    tp_size: int = _opt("tensor-parallel ranks (GPUs, or CPU processes); also --tp", 1, aliases=("--tp",))
+    nnodes: int = _opt("machines the tensor-parallel ranks span", 1)
+    node_rank: int = _opt("this machine's index among --nnodes (0 runs the server)", 0)
+    dist_init_addr: str | None = _opt(
+        "HOST:PORT of node 0's torch.distributed store (required with --nnodes > 1; default: a free local port)"
+    )
     # Server
     host: str = _opt("bind address", "127.0.0.1")
     port: int = _opt("bind port", 30000)
@@ -101,6 +114,17 @@ class ServerArgs:
             raise bad("schedule_conservativeness", f"must be >= 0, got {self.schedule_conservativeness}")
         if self.max_queued_requests is not None and self.max_queued_requests < 1:
             raise bad("max_queued_requests", f"must be >= 1, got {self.max_queued_requests}")
+        self._check_parallel(bad)
+
+    def _check_parallel(self, bad: Any) -> None:
+        if self.tp_size < 1:
+            raise bad("tp_size", f"must be >= 1, got {self.tp_size}")
+        if self.nnodes < 1 or self.tp_size % self.nnodes:
+            raise bad("nnodes", f"must be >= 1 and divide --tp-size ({self.tp_size}), got {self.nnodes}")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise bad("node_rank", f"must be in [0, {self.nnodes}), got {self.node_rank}")
+        if self.nnodes > 1 and not self.dist_init_addr:
+            raise bad("dist_init_addr", "is required with --nnodes > 1 (HOST:PORT of node 0)")
 
     @property
     def resolved_device(self) -> str:
@@ -128,17 +152,17 @@ class ServerArgs:
         for f in dataclasses.fields(cls):
             if f.name in skip:
                 continue
-            flag = "--" + f.name.replace("_", "-")
+            flags = ["--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]
             help_ = f.metadata.get("help", "")
             base = _base_type(hints[f.name])
             if base is bool:
-                parser.add_argument(flag, action="store_true", default=f.default, help=help_)
+                parser.add_argument(*flags, action="store_true", default=f.default, help=help_)
                 continue
             kw: dict[str, Any] = {"type": base, "default": f.default, "dest": f.name}
             if "choices" in f.metadata:
                 kw["choices"] = f.metadata["choices"]
             shown = "" if f.default is None else f" (default: {f.default})"
-            parser.add_argument(flag, help=help_ + shown, **kw)
+            parser.add_argument(*flags, help=help_ + shown, **kw)
 
     @classmethod
     def from_cli_args(cls, ns: argparse.Namespace) -> ServerArgs:

@@ -3,6 +3,10 @@
 It owns the tokenizer, the model runner and its forward thread, and the scheduler coroutine. `generate()`
 validates a request synchronously (raising a LiteSrtError the caller can map to HTTP 4xx/5xx), queues it and
 returns a RequestStream of RequestOutputs.
+
+With --tp-size > 1 this process is rank 0: it spawns the worker ranks before loading its own shard, and a
+watchdog thread reports a worker's death, which fails every request in flight and marks the engine dead
+(`on_fatal` lets the server exit non-zero as well).
 """
 
 from __future__ import annotations
@@ -12,9 +16,14 @@ import logging
 import os
 import random
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from lite_srt.config import ServerArgs
+from lite_srt.distributed import launch as tp_launch
+from lite_srt.distributed.group import TPGroup
+from lite_srt.distributed.step_sync import TableWrites, send_stop
+from lite_srt.distributed.worker import limit_cpu_threads
 from lite_srt.engine.forward_batch import ForwardBatch
 from lite_srt.engine.io import EngineStats, FinishReason, GenerateRequest, RequestOutput
 from lite_srt.engine.model_runner import ModelRunner, StepResult
@@ -80,7 +89,21 @@ class AsyncEngine:
         self.model_config = load_model_config(self.model_path)
         self.tokenizer: Tokenizer = self._load_tokenizer()
         self.context_length = args.context_length or self.model_config.max_position_embeddings
-        self.runner = ModelRunner(args, self.model_config, self.model_path, self.context_length)
+        self.workers: tp_launch.Workers | None = None
+        self.on_fatal: Callable[[str], None] | None = None  # the server exits non-zero through it
+        self._dead: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        tp = self._start_tensor_parallel() if args.tp_size > 1 else TPGroup.single()
+        runner_args = args.replace(device=tp_launch.rank_device(args, 0)) if args.tp_size > 1 else args
+        try:
+            self.runner = ModelRunner(
+                runner_args, self.model_config, self.model_path, self.context_length, tp
+            )
+        except BaseException:
+            if self.workers is not None:
+                self.workers.stop(timeout=0)
+                tp_launch.leave_group()
+            raise
         self.max_total_tokens = self.runner.pool.num_slots
         self.model_name = args.served_model_name or _name_from_path(self.model_path)
         self.eos_ids = frozenset(self.tokenizer.eos_token_ids) | frozenset(self.model_config.eos_token_ids)
@@ -110,12 +133,58 @@ class AsyncEngine:
         cfg = self.model_config
         return NullTokenizer(cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_ids)  # type: ignore[return-value]
 
+    # -- tensor parallelism ----------------------------------------------------------------------------
+    def _start_tensor_parallel(self) -> TPGroup:
+        if self.args.node_rank != 0:
+            raise InvalidRequestError(
+                "only node 0 runs the engine; other nodes run workers", param="node_rank"
+            )
+        if tp_launch.group_active():
+            raise RuntimeError(
+                "one tensor-parallel engine per process: shut the other one down first (torch.distributed "
+                "keeps one default process group per process)"
+            )
+        # Workers must resolve exactly what rank 0 did (default model, context length).
+        args = self.args.replace(model_path=self.model_path, context_length=self.context_length)
+        addr = tp_launch.init_addr(args)
+        limit_cpu_threads(args)
+        self.workers = tp_launch.start_workers(args, addr)
+        self.workers.watch(self._on_worker_death)
+        logger.info("tensor parallelism: %d ranks, rendezvous at %s", args.tp_size, addr)
+        return tp_launch.join_group(args, 0, addr)
+
+    def _on_worker_death(self, message: str) -> None:
+        """From the watchdog thread. A dead rank leaves collectives that may never return: fail everything."""
+        logger.error("%s; failing every request in flight", message)
+        loop = self._loop
+        if loop is None or self.scheduler is None:  # still starting up: a collective may be waiting on it
+            os._exit(1)
+        loop.call_soon_threadsafe(self._fail_all, message)
+
+    def _fail_all(self, message: str) -> None:
+        self._dead = message
+        sched = self.scheduler
+        if sched is not None:
+            for group in list(sched.groups.values()):
+                sched._abort_group(group, f"engine failure: {message}", kv_valid=False)
+            sched.stop()
+        if self.on_fatal is not None:
+            self.on_fatal(message)
+
+    def _table_writes(self) -> TableWrites | None:
+        """The table writes since the last step, taken on the event loop as the step is handed over."""
+        if self.runner.tp.size == 1:
+            return None
+        return TableWrites(*self.runner.table.drain_journal())
+
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self._loop = loop
 
         async def run_step(fb: ForwardBatch, rows: list[int], sb: SamplingBatch | None) -> StepResult:
-            return await loop.run_in_executor(self._executor, self.runner.step, fb, rows, sb)
+            writes = self._table_writes()
+            return await loop.run_in_executor(self._executor, self.runner.step, fb, rows, sb, writes)
 
         self.scheduler = Scheduler(
             self.args, self.runner, run_step, self.context_length, self.model_config.vocab_size
@@ -139,7 +208,14 @@ class AsyncEngine:
         sched.stop()
         if self._task is not None:
             await asyncio.wait([self._task], timeout=30)
-        self._executor.shutdown(wait=True)
+        if self.workers is not None and self._dead is None:
+            # after the last step on the same thread, so the workers see stop only once they ran everything
+            await asyncio.get_running_loop().run_in_executor(self._executor, send_stop, self.runner.tp)
+        self._executor.shutdown(wait=self._dead is None)  # a dead rank may hold the forward thread forever
+        if self.workers is not None:
+            self.workers.stop()
+            if self._dead is None:
+                tp_launch.leave_group()
         self.scheduler = None
 
     # -- requests --------------------------------------------------------------------------------------
@@ -217,6 +293,8 @@ class AsyncEngine:
         return self.scheduler.abort(rid) if self.scheduler is not None else False
 
     def _live_scheduler(self) -> Scheduler:
+        if self._dead is not None:
+            raise EngineDeadError(f"the engine failed: {self._dead}")
         if self.scheduler is None or self._task is None or self._task.done():
             raise EngineDeadError("the engine is not running")
         return self.scheduler

@@ -19,6 +19,21 @@ class ForwardMode(enum.Enum):
 
 
 @dataclass
+class HostBatch:
+    """The CPU int64 tensors a ForwardBatch was built from (tensor-parallel workers are sent these)."""
+
+    input_ids: torch.Tensor | None
+    positions: torch.Tensor
+    out_cache_loc: torch.Tensor
+    req_pool_indices: torch.Tensor
+    seq_lens: torch.Tensor
+    extend_lens: torch.Tensor
+    gather_idx: torch.Tensor | None = None
+    gather_rows: torch.Tensor | None = None
+    host: HostBatch | None = None
+
+
+@dataclass
 class ForwardBatch:
     mode: ForwardMode
     input_ids: torch.Tensor | None  # [T] int64; None for decode: the runner gathers the last sampled tokens
@@ -33,6 +48,7 @@ class ForwardBatch:
     # Mixed batches: input_ids[gather_idx[i]] is the last token sampled for table row gather_rows[i].
     gather_idx: torch.Tensor | None = None
     gather_rows: torch.Tensor | None = None
+    host: HostBatch | None = None
 
     @property
     def batch_size(self) -> int:
@@ -55,17 +71,53 @@ class ForwardBatch:
         req_to_token: torch.Tensor,
         device: torch.device,
     ) -> ForwardBatch:
-        ext = torch.tensor(extend_lens, dtype=torch.int64)
-        start = torch.cumsum(ext, 0) - ext
+        return cls.from_host(
+            mode,
+            None if input_ids is None else torch.tensor(input_ids, dtype=torch.int64),
+            torch.tensor(positions, dtype=torch.int64),
+            out_cache_loc,
+            torch.tensor(req_pool_indices, dtype=torch.int64),
+            torch.tensor(seq_lens, dtype=torch.int64),
+            torch.tensor(extend_lens, dtype=torch.int64),
+            req_to_token,
+            device,
+        )
+
+    @classmethod
+    def from_host(
+        cls,
+        mode: ForwardMode,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        out_cache_loc: torch.Tensor,
+        req_pool_indices: torch.Tensor,
+        seq_lens: torch.Tensor,
+        extend_lens: torch.Tensor,
+        req_to_token: torch.Tensor,
+        device: torch.device,
+    ) -> ForwardBatch:
+        """From CPU int64 tensors (kept in `host`); the derived offsets are computed here."""
+        start = torch.cumsum(extend_lens, 0) - extend_lens
         return cls(
             mode=mode,
-            input_ids=None if input_ids is None else torch.tensor(input_ids, dtype=torch.int64).to(device),
-            positions=torch.tensor(positions, dtype=torch.int64).to(device, non_blocking=True),
+            input_ids=None if input_ids is None else input_ids.to(device),
+            positions=positions.to(device, non_blocking=True),
             out_cache_loc=out_cache_loc.contiguous().to(device, non_blocking=True),
-            req_pool_indices=torch.tensor(req_pool_indices, dtype=torch.int64).to(device, non_blocking=True),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int64).to(device, non_blocking=True),
-            extend_lens=ext.to(device, non_blocking=True),
+            req_pool_indices=req_pool_indices.to(device, non_blocking=True),
+            seq_lens=seq_lens.to(device, non_blocking=True),
+            extend_lens=extend_lens.to(device, non_blocking=True),
             extend_start_loc=start.to(device, non_blocking=True),
-            logits_indices=(start + ext - 1).to(device, non_blocking=True),
+            logits_indices=(start + extend_lens - 1).to(device, non_blocking=True),
             req_to_token=req_to_token,
+            host=HostBatch(input_ids, positions, out_cache_loc, req_pool_indices, seq_lens, extend_lens),
         )
+
+    def set_gather(
+        self, idx: torch.Tensor | list[int], rows: torch.Tensor | list[int], device: torch.device
+    ) -> None:
+        """Mixed batches: input_ids[idx[i]] is read on the device from the token table's row rows[i]."""
+        idx_t = torch.as_tensor(idx, dtype=torch.int64)
+        rows_t = torch.as_tensor(rows, dtype=torch.int64)
+        self.gather_idx, self.gather_rows = idx_t.to(device), rows_t.to(device)
+        if self.host is not None:
+            self.host.gather_idx, self.host.gather_rows = idx_t, rows_t

@@ -1,7 +1,9 @@
 """ModelRunner: loads the model, owns the KV pool buffers and the req->token table, runs forward + sample.
 
 Ownership: constructed on the event-loop thread; afterwards `step()` runs only on the forward thread (the GPU
-thread on a GPU machine), one batch at a time. The scheduler (event loop) owns all bookkeeping (allocator, prefix
+thread on a GPU machine), one batch at a time. Under tensor parallelism every rank has a runner holding its
+shard: rank 0's `step()` first sends the step to the workers (step_sync), which run `follow()` in lockstep,
+and after sampling broadcasts the sampled tokens so every rank's token table stays the same. The scheduler (event loop) owns all bookkeeping (allocator, prefix
 cache, table rows); the forward thread touches only the tensors of the batch it was handed and the contents of
 the KV buffers and table rows that batch names.
 """
@@ -16,10 +18,12 @@ from dataclasses import dataclass
 import torch
 
 from lite_srt.config import ServerArgs
+from lite_srt.distributed.group import TPGroup
+from lite_srt.distributed.step_sync import TableWrites, send_step
 from lite_srt.engine.cuda_graph import CudaGraphRunner
 from lite_srt.engine.forward_batch import ForwardBatch, ForwardMode
 from lite_srt.engine.sampler import SamplingBatch, sample
-from lite_srt.loader import iter_weights, resolve_load_format
+from lite_srt.loader import iter_weight_sources, resolve_load_format
 from lite_srt.loader.model_config import ModelConfig
 from lite_srt.mem.kv_pool import KVPool
 from lite_srt.mem.req_table import ReqToTokenTable
@@ -54,8 +58,16 @@ def resolve_dtype(args: ServerArgs, cfg: ModelConfig, device: str) -> torch.dtyp
 
 
 class ModelRunner:
-    def __init__(self, args: ServerArgs, cfg: ModelConfig, model_path: str, context_length: int) -> None:
+    def __init__(
+        self,
+        args: ServerArgs,
+        cfg: ModelConfig,
+        model_path: str,
+        context_length: int,
+        tp: TPGroup | None = None,
+    ) -> None:
         self.args = args
+        self.tp = tp or TPGroup.single()
         self.device = torch.device(args.resolved_device)
         self.dtype = resolve_dtype(args, cfg, self.device.type)
         if context_length > cfg.max_position_embeddings:
@@ -68,6 +80,8 @@ class ModelRunner:
             self.pool = self._make_pool()
             # Extra rows beyond max_running_requests: a chunked prefill and shared n>1 prompts hold rows too.
             self.table = ReqToTokenTable(args.max_running_requests * 2 + 16, context_length + 1, self.device)
+            if self.tp.size > 1 and self.tp.is_driver:
+                self.table.enable_journal()
             # The last token sampled for each table row: decode steps read their inputs from here, so a step
             # can be built before the previous one's tokens reach the CPU (overlap scheduling).
             self.next_tokens = torch.zeros(self.table.max_reqs, dtype=torch.int64, device=self.device)
@@ -86,20 +100,21 @@ class ModelRunner:
             prev = torch.get_default_dtype()
             torch.set_default_dtype(self.dtype)
             try:
-                model = cls(self.cfg)
+                model = cls(self.cfg, self.tp)
             finally:
                 torch.set_default_dtype(prev)
         if fmt == "dummy":
-            init_dummy_weights(model, self.args.seed)
+            init_dummy_weights(model, self.args.seed + 1000003 * self.tp.rank)
         else:
-            model.load_weights(iter_weights(model_path, fmt))
+            model.load_weights(iter_weight_sources(model_path, fmt))
         model.eval()
         nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
         logger.info(
-            "loaded %s (%s, %.1f MB, %s on %s) in %.1f s",
+            "loaded %s (%s, %.1f MB%s, %s on %s) in %.1f s",
             self.cfg.architecture,
             fmt,
             nbytes / 1e6,
+            f" on this rank of {self.tp.size}" if self.tp.size > 1 else "",
             str(self.dtype).replace("torch.", ""),
             self.device,
             time.perf_counter() - t0,
@@ -131,9 +146,7 @@ class ModelRunner:
         """Peak memory of one forward over chunked_prefill_size tokens, beyond its (temporary) KV."""
         n = min(self.chunked_prefill_size, self.context_length)
         cfg = self.cfg
-        pool = KVPool(
-            cfg.num_hidden_layers, n, cfg.num_key_value_heads, cfg.head_dim, self.dtype, self.device
-        )
+        pool = KVPool(cfg.num_hidden_layers, n, self.num_kv_heads, cfg.head_dim, self.dtype, self.device)
         table = ReqToTokenTable(1, n, self.device)
         slots = torch.arange(n, dtype=torch.int64)
         table.write(table.alloc(), 0, slots)  # type: ignore[arg-type]
@@ -170,38 +183,46 @@ class ModelRunner:
             slots = KVPool.slots_for_bytes(
                 self._kv_bytes_budget(),
                 cfg.num_hidden_layers,
-                cfg.num_key_value_heads,
+                self.num_kv_heads,
                 cfg.head_dim,
                 self.dtype,
                 page,
             )
+            slots = self.tp.min_int(slots)  # every rank's pool must hold the same slots
         if slots < page:
             raise RuntimeError(
                 "no memory is left for the KV cache: raise --mem-fraction-static or set --max-total-tokens"
             )
-        return KVPool(
-            cfg.num_hidden_layers, slots, cfg.num_key_value_heads, cfg.head_dim, self.dtype, self.device
-        )
+        return KVPool(cfg.num_hidden_layers, slots, self.num_kv_heads, cfg.head_dim, self.dtype, self.device)
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.model.num_local_kv_heads
 
     @torch.inference_mode()
-    def step(self, batch: ForwardBatch, sample_rows: list[int], sampling: SamplingBatch | None) -> StepResult:
-        """Forward the batch and sample the rows in `sample_rows` (indices into the batch's requests)."""
+    def step(
+        self,
+        batch: ForwardBatch,
+        sample_rows: list[int],
+        sampling: SamplingBatch | None,
+        writes: TableWrites | None = None,
+    ) -> StepResult:
+        """Forward the batch and sample the rows in `sample_rows` (indices into the batch's requests).
+
+        `writes`: the table writes since the previous step, for tensor-parallel workers (rank 0 only)."""
         t0 = time.perf_counter()
-        if batch.input_ids is None:
-            batch.input_ids = self.next_tokens[batch.req_pool_indices]
-        elif batch.gather_idx is not None:
-            batch.input_ids[batch.gather_idx] = self.next_tokens[batch.gather_rows]
-        if self.graphs is not None and self.graphs.can_run(batch):
-            logits = self.graphs.replay(batch)
-        else:
-            logits = self.model(batch, self.pool)
+        if sampling is None:
+            sample_rows = []
+        if self.tp.size > 1:
+            send_step(self.tp, batch, sample_rows, writes or TableWrites.empty())
+        logits = self._forward(batch)
         if not sample_rows or sampling is None:
             return StepResult([], None, None, None, time.perf_counter() - t0)
         idx = torch.tensor(sample_rows, device=self.device)
         if len(sample_rows) != logits.shape[0]:
             logits = logits[idx]
         out = sample(logits, sampling)
-        self.next_tokens[batch.req_pool_indices[idx]] = out.next_token_ids
+        self.next_tokens[batch.req_pool_indices[idx]] = self.tp.broadcast(out.next_token_ids)
         return StepResult(
             next_token_ids=out.next_token_ids.tolist(),
             logprobs=out.logprobs.tolist() if out.logprobs is not None else None,
@@ -209,6 +230,25 @@ class ModelRunner:
             top_logprob_vals=out.top_logprob_vals.tolist() if out.top_logprob_vals is not None else None,
             forward_s=time.perf_counter() - t0,
         )
+
+    @torch.inference_mode()
+    def follow(self, batch: ForwardBatch, sample_rows: list[int], writes: TableWrites) -> None:
+        """A worker rank's half of rank 0's `step`: same table writes, same forward, rank 0's sampled tokens."""
+        self.table.apply(writes.rows, writes.cols, writes.slots)
+        self._forward(batch)
+        if sample_rows:
+            idx = torch.tensor(sample_rows, device=self.device)
+            tokens = self.tp.broadcast(torch.empty(len(sample_rows), dtype=torch.int64, device=self.device))
+            self.next_tokens[batch.req_pool_indices[idx]] = tokens
+
+    def _forward(self, batch: ForwardBatch) -> torch.Tensor:
+        if batch.input_ids is None:
+            batch.input_ids = self.next_tokens[batch.req_pool_indices]
+        elif batch.gather_idx is not None:
+            batch.input_ids[batch.gather_idx] = self.next_tokens[batch.gather_rows]
+        if self.graphs is not None and self.graphs.can_run(batch):
+            return self.graphs.replay(batch)
+        return self.model(batch, self.pool)
 
 
 def _default_graph_max_bs(device: torch.device) -> int:

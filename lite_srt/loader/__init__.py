@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from lite_srt.errors import InvalidRequestError, MissingFileError
-from lite_srt.loader.gguf_loader import GGUFFile, iter_gguf
+from lite_srt.loader.gguf_loader import GGUFFile, iter_gguf_sources
 from lite_srt.loader.model_config import (
     ModelConfig,
     load_model_config,
@@ -23,14 +23,23 @@ from lite_srt.loader.model_config import (
 )
 from lite_srt.loader.safetensors_loader import (
     INDEX_FILE,
-    iter_file,
+    iter_file_sources,
     num_safetensors_tensors,
     safetensors_files,
 )
+from lite_srt.loader.sources import WeightSource
 
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
 
-__all__ = ["LOAD_FORMATS", "ModelConfig", "iter_weights", "load_model_config", "resolve_load_format"]
+__all__ = [
+    "LOAD_FORMATS",
+    "ModelConfig",
+    "WeightSource",
+    "iter_weight_sources",
+    "iter_weights",
+    "load_model_config",
+    "resolve_load_format",
+]
 
 
 def resolve_load_format(model_path: str, load_format: str) -> str:
@@ -67,7 +76,14 @@ def resolve_load_format(model_path: str, load_format: str) -> str:
 
 
 def iter_weights(model_path: str, load_format: str) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (hf_name, cpu tensor) for every checkpoint tensor, with a "Loading weights" progress bar.
+    """Yield (hf_name, cpu tensor) for every checkpoint tensor, whole (see iter_weight_sources)."""
+    for name, src in iter_weight_sources(model_path, load_format):
+        yield name, src.read()
+
+
+def iter_weight_sources(model_path: str, load_format: str) -> Iterator[tuple[str, WeightSource]]:
+    """Yield (hf_name, source) for every checkpoint tensor, with a "Loading weights" progress bar. A source
+    reads the tensor, or a slice of it (tensor parallelism), when asked; take it before advancing.
 
     Dummy loading yields nothing: the model keeps the random (seeded) weights it initialized itself.
     Tied checkpoints yield no lm_head.weight; the model ties it to the embedding.
@@ -77,11 +93,12 @@ def iter_weights(model_path: str, load_format: str) -> Iterator[tuple[str, torch
         return
     if fmt == "gguf":
         g = GGUFFile.open(_gguf_path(model_path))  # parsed once: gguf-py's metadata parse takes seconds
-        total, tensors = g.num_weight_tensors, iter_gguf(g)
+        total, sources = g.num_weight_tensors, iter_gguf_sources(g)
     else:
         files = safetensors_files(model_path)
-        total, tensors = num_safetensors_tensors(files), (item for path in files for item in iter_file(path))
-    yield from tqdm(tensors, total=total, desc="Loading weights", unit="tensor")
+        total = num_safetensors_tensors(files)
+        sources = (item for path in files for item in iter_file_sources(path))
+    yield from tqdm(sources, total=total, desc="Loading weights", unit="tensor")
 
 
 def _gguf_path(model_path: str) -> str:

@@ -1,7 +1,8 @@
 """GGUF checkpoints: metadata access and float32 tensors under their Hugging Face names.
 
-Owns the mapping from llama.cpp tensor names to HF names, dequantization (through gguf-py, the same code
-transformers uses, so results match it bit for bit) and undoing llama.cpp's Q/K row permutation. The file
+Owns the mapping from llama.cpp tensor names to HF names and which q/k rows llama.cpp permuted; reading,
+dequantizing (through gguf-py, the same code transformers uses, so results match it bit for bit) and
+un-permuting are the GGUFSource's (sources.py). The file
 format itself (header parsing, tensor byte views) is gguf_file's. Runs on whichever thread loads weights;
 holds no state beyond the memory-mapped file it reads.
 """
@@ -14,16 +15,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-from gguf import GGMLQuantizationType
-from gguf.quants import dequantize
 
-from lite_srt.errors import CorruptFileError, ModelLoadError, UnsupportedQuantTypeError
+from lite_srt.errors import ModelLoadError
 from lite_srt.loader.gguf_file import GGUFData, GGUFHeader, GGUFTensorInfo, read_gguf_header
+from lite_srt.loader.sources import SUPPORTED_TYPES, GGUFSource
 
-Q = GGMLQuantizationType
-SUPPORTED_TYPES = frozenset({Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q5_K, Q.Q6_K})
+__all__ = ["SUPPORTED_TYPES", "GGUFFile", "iter_gguf", "iter_gguf_sources"]
+
 # Tensors that carry no weights of their own. rope_freqs holds llama3 rope scaling divisors; ModelConfig turns
 # them back into rope_scaling (see model_config.llama3_scaling_from_freq_factors), so the model never needs them.
 SKIPPED_TENSORS = frozenset({"rope_freqs.weight"})
@@ -124,41 +123,17 @@ def hf_tensor_name(gguf_name: str, source: str = "GGUF file") -> str | None:
 
 def dequantize_tensor(info: GGUFTensorInfo, data: GGUFData, source: str) -> torch.Tensor:
     """float32 tensor in HF (row-major, reversed GGUF dims) layout."""
-    qtype = info.qtype
-    if qtype not in SUPPORTED_TYPES:
-        raise UnsupportedQuantTypeError(
-            f"{source}: tensor {info.name!r} has type {info.type_name}; supported: "
-            f"{', '.join(sorted(q.name for q in SUPPORTED_TYPES))}"
-        )
-    shape = info.row_major_shape
-    try:
-        arr = dequantize(data.tensor_bytes(info), qtype).reshape(shape)
-    except ValueError as e:
-        raise CorruptFileError(
-            f"{source}: tensor {info.name!r} ({qtype.name}, shape {shape}) is malformed: {e}"
-        ) from e
-    # F32 data is a read-only view into the memory-mapped file; the caller gets its own writable copy.
-    return torch.from_numpy(
-        arr if arr.flags.writeable and arr.dtype == np.float32 else arr.astype(np.float32)
-    )
-
-
-def unpermute_qk(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Undo llama.cpp's rows permutation of q/k for llama-arch files (its rope pairs adjacent dims, HF's halves).
-
-    llama.cpp groups each head's rows as (half, pair) -> interleaved; HF keeps the two halves contiguous.
-    """
-    rows = w.shape[0]
-    return (
-        w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:])
-        .transpose(1, 2)
-        .reshape(w.shape)
-        .contiguous()
-    )
+    return GGUFSource(info, data, source).read()
 
 
 def iter_gguf(source: str | GGUFFile) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (hf_name, float32 tensor) for every weight of a GGUF file (path or opened), in file order."""
+    for name, src in iter_gguf_sources(source):
+        yield name, src.read()
+
+
+def iter_gguf_sources(source: str | GGUFFile) -> Iterator[tuple[str, GGUFSource]]:
+    """(hf_name, lazy source) for every weight of a GGUF file, in file order; nothing is read yet."""
     g = source if isinstance(source, GGUFFile) else GGUFFile.open(source)
     path = g.path
     arch = g.architecture
@@ -169,8 +144,10 @@ def iter_gguf(source: str | GGUFFile) -> Iterator[tuple[str, torch.Tensor]]:
         hf_name = hf_tensor_name(t.name, path)
         if hf_name is None:
             continue
-        w = dequantize_tensor(t, g.data, path)
         proj = hf_name.split(".")[-2]
-        if arch in PERMUTED_QK_ARCHS and ".self_attn." in hf_name and proj in permuted:
-            w = unpermute_qk(w, permuted[proj])
-        yield hf_name, w
+        heads = (
+            permuted[proj]
+            if arch in PERMUTED_QK_ARCHS and ".self_attn." in hf_name and proj in permuted
+            else None
+        )
+        yield hf_name, GGUFSource(t, g.data, path, heads)

@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from lite_srt.errors import CorruptFileError, MissingFileError, ModelLoadError
+from lite_srt.loader.sources import SafetensorsSource
 
 INDEX_FILE = "model.safetensors.index.json"
 _MAX_HEADER_BYTES = 100 * 1024 * 1024  # the format's own cap
@@ -85,11 +86,17 @@ def num_safetensors_tensors(files: list[str]) -> int:
 
 def iter_file(path: str) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) of one safetensors file, in header order, on the CPU in the stored dtype."""
+    for name, src in iter_file_sources(path):
+        yield name, src.read()
+
+
+def iter_file_sources(path: str) -> Iterator[tuple[str, SafetensorsSource]]:
+    """(name, lazy source) of one safetensors file; each source must be read before the next is taken."""
     names = list(read_header(path))
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             for name in names:
-                yield name, f.get_tensor(name)
+                yield name, SafetensorsSource(f, name)
     except SafetensorError as e:
         raise CorruptFileError(f"{path} could not be read: {e}") from e
 

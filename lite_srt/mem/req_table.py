@@ -4,6 +4,9 @@ Owns the `table` tensor (int32 [max_reqs, max_context_len], on the model's devic
 rows. Ownership: rows are allocated, freed and written on the event-loop thread (the scheduler); the
 GPU/forward thread only reads the rows of the batch it was handed, which the scheduler does not rewrite
 while that batch runs. No locks.
+
+Under tensor parallelism rank 0's table also keeps a journal of its writes (event-loop thread only); each step
+carries the writes made since the previous one to the workers, whose tables replay them (`apply`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,35 @@ class ReqToTokenTable:
         # A Python stack: rows are few (hundreds) and taken one at a time.
         self._free_rows: list[int] = list(range(max_reqs - 1, -1, -1))
         self._row_is_free = [True] * max_reqs
+        self._journal: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+
+    def enable_journal(self) -> None:
+        self._journal = []
+
+    def drain_journal(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rows, cols, slots) int64 CPU tensors of every write since the last drain, in order."""
+        if not self._journal:
+            e = torch.empty(0, dtype=torch.int64)
+            return e, e, e
+        entries, self._journal = self._journal, []
+        rows, cols, slots = zip(*entries)
+        return torch.cat(rows), torch.cat(cols), torch.cat(slots)
+
+    def apply(self, rows: torch.Tensor, cols: torch.Tensor, slots: torch.Tensor) -> None:
+        """Replay another table's writes in order (a tensor-parallel worker mirroring rank 0)."""
+        if not rows.numel():
+            return
+        # A scatter with repeated indices keeps an arbitrary one: keep only the last write of each entry.
+        key = rows * self.max_context_len + cols
+        uniq, inverse = torch.unique(key, return_inverse=True)
+        if uniq.numel() != key.numel():
+            order = torch.arange(key.numel())
+            last = torch.full((uniq.numel(),), -1, dtype=torch.int64).scatter_reduce_(
+                0, inverse, order, "amax"
+            )
+            rows, cols, slots = rows[last], cols[last], slots[last]
+        dev = self.device
+        self.table[rows.to(dev), cols.to(dev)] = slots.to(device=dev, dtype=torch.int32)
 
     @property
     def available(self) -> int:
@@ -50,6 +82,12 @@ class ReqToTokenTable:
         end = start + slots.numel()
         self._check_range(start, end, "write")
         self.table[row, start:end] = slots.to(device=self.device, dtype=torch.int32)
+        if self._journal is not None:
+            n = end - start
+            cols = torch.arange(start, end, dtype=torch.int64)
+            self._journal.append(
+                (torch.full((n,), row, dtype=torch.int64), cols, slots.to("cpu", torch.int64))
+            )
 
     def write_many(self, rows: torch.Tensor, cols: torch.Tensor, slots: torch.Tensor) -> None:
         """table[rows[i], cols[i]] = slots[i] for all i, as one scatter (a decode step's new positions)."""
@@ -57,7 +95,10 @@ class ReqToTokenTable:
             return
         if int(cols.max()) >= self.max_context_len or int(cols.min()) < 0:
             raise IndexError(f"ReqToTokenTable.write_many: a column is outside [0, {self.max_context_len})")
-        packed = torch.stack((rows, cols, slots.to(torch.int64))).to(self.device, non_blocking=True)
+        packed = torch.stack((rows, cols, slots.to(torch.int64)))
+        if self._journal is not None:
+            self._journal.append((packed[0], packed[1], packed[2]))
+        packed = packed.to(self.device, non_blocking=True)
         self.table[packed[0], packed[1]] = packed[2].to(torch.int32)
 
     def read(self, row: int, start: int, end: int) -> torch.Tensor:

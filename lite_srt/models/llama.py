@@ -3,6 +3,10 @@
 One module reads like the architecture: embedding -> N x (RMSNorm, GQA attention with RoPE, RMSNorm, SwiGLU MLP)
 -> RMSNorm -> LM head (optionally tied to the embedding). q/k/v and gate/up are merged into single matmuls;
 `load_weights` maps the checkpoint's separate tensors onto their shards.
+
+Tensor parallelism (Megatron-style): q/k/v and gate/up are column-parallel (a rank holds whole heads and a span
+of the intermediate rows), o_proj and down_proj row-parallel (one all-reduce each per layer), the embedding and
+LM head vocabulary-parallel. With tp 1 the spans are whole and no collective runs.
 """
 
 from __future__ import annotations
@@ -13,12 +17,20 @@ import torch
 from torch import nn
 
 from lite_srt import kernels
+from lite_srt.distributed.group import TPGroup
+from lite_srt.distributed.partition import Span, split, split_heads
 from lite_srt.engine.forward_batch import ForwardBatch
 from lite_srt.layers.attention import PagedAttention
+from lite_srt.layers.linear import (
+    ColumnParallelLinear,
+    ParallelLMHead,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+)
 from lite_srt.layers.rotary import RotaryEmbedding
 from lite_srt.loader.model_config import ModelConfig
 from lite_srt.mem.kv_pool import KVPool
-from lite_srt.models.weights import ShardedParam, WeightMapper
+from lite_srt.models.weights import WeightMapper
 
 
 class RMSNorm(nn.Module):
@@ -38,15 +50,20 @@ class RMSNorm(nn.Module):
         return x, residual
 
 
+def _rows(heads: Span, d: int) -> Span:
+    return Span(heads.start * d, heads.size * d, heads.total * d)
+
+
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_id: int) -> None:
+    def __init__(self, cfg: ModelConfig, layer_id: int, tp: TPGroup) -> None:
         super().__init__()
-        self.hq, self.hkv, self.d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        q_size, kv_size = self.hq * self.d, self.hkv * self.d
-        self.qkv_proj = ShardedParam.linear(
-            cfg.hidden_size, {"q": q_size, "k": kv_size, "v": kv_size}, bias=cfg.attention_bias
+        heads = split_heads(cfg.num_attention_heads, cfg.num_key_value_heads, tp.rank, tp.size)
+        self.hq, self.hkv, self.d = heads.q.size, heads.kv.size, cfg.head_dim
+        q_rows, kv_rows = _rows(heads.q, self.d), _rows(heads.kv, self.d)
+        self.qkv_proj = ColumnParallelLinear(
+            cfg.hidden_size, {"q": q_rows, "k": kv_rows, "v": kv_rows}, bias=cfg.attention_bias
         )
-        self.o_proj = nn.Linear(q_size, cfg.hidden_size, bias=False)
+        self.o_proj = RowParallelLinear(q_rows, cfg.hidden_size, tp)
         self.q_norm = RMSNorm(self.d, cfg.rms_norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(self.d, cfg.rms_norm_eps) if cfg.qk_norm else None
         self.rotary = RotaryEmbedding(self.d, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
@@ -71,23 +88,23 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, tp: TPGroup) -> None:
         super().__init__()
-        inter = cfg.intermediate_size
-        self.gate_up_proj = ShardedParam.linear(cfg.hidden_size, {"gate": inter, "up": inter}, bias=False)
-        self.down_proj = nn.Linear(inter, cfg.hidden_size, bias=False)
+        inter = split(cfg.intermediate_size, tp.rank, tp.size)
+        self.gate_up_proj = ColumnParallelLinear(cfg.hidden_size, {"gate": inter, "up": inter}, bias=False)
+        self.down_proj = RowParallelLinear(inter, cfg.hidden_size, tp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_id: int) -> None:
+    def __init__(self, cfg: ModelConfig, layer_id: int, tp: TPGroup) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg, layer_id)
+        self.self_attn = Attention(cfg, layer_id, tp)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = MLP(cfg)
+        self.mlp = MLP(cfg, tp)
 
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None, batch: ForwardBatch, pool: KVPool
@@ -108,17 +125,21 @@ class LlamaForCausalLM(nn.Module):
         "up_proj": ("gate_up_proj", "up"),
     }
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, tp: TPGroup | None = None) -> None:
         super().__init__()
+        tp = tp or TPGroup.single()
         self.config = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i, tp) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = (
-            None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        )
+        self.lm_head = ParallelLMHead(self.embed_tokens, tied=cfg.tie_word_embeddings)
         for p in self.parameters():
             p.requires_grad_(False)
+
+    @property
+    def num_local_kv_heads(self) -> int:
+        """KV heads this rank stores (the KV pool is sized by them)."""
+        return self.layers[0].self_attn.hkv
 
     def forward(self, batch: ForwardBatch, pool: KVPool) -> torch.Tensor:
         """Logits (float32) of each request's last token in the batch: [B, vocab]."""
@@ -129,10 +150,9 @@ class LlamaForCausalLM(nn.Module):
         idx = batch.logits_indices
         assert residual is not None  # at least one layer ran
         h, _ = self.norm(x[idx], residual[idx])
-        head = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return torch.matmul(h, head.t()).float()
+        return self.lm_head(h).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         mapper = WeightMapper(self, self.stacked_params, hf_prefix="model.")
         mapper.load_all(weights)
-        mapper.check_complete(optional={"lm_head.weight"} if self.lm_head is None else set())
+        mapper.check_complete(optional=set())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
@@ -80,6 +81,10 @@ def _url(sock: socket.socket) -> str:
 def run_server(args: ServerArgs) -> None:
     """Blocking: load the model, serve until SIGINT/SIGTERM, then exit cleanly."""
     _configure_logging(args.log_level)
+    if args.node_rank > 0:  # another machine of a multi-node tensor-parallel group: workers only, no server
+        from lite_srt.distributed.launch import run_node
+
+        sys.exit(run_node(args))
     from lite_srt.engine.async_engine import AsyncEngine
 
     t0 = time.perf_counter()
@@ -116,6 +121,7 @@ async def _serve(engine: Any, args: ServerArgs, sock: socket.socket) -> None:
     from lite_srt.server.app import build_app
 
     app = build_app(engine, args)
+    _exit_on_fatal(engine)
     # handler_cancellation: a client that disconnects cancels its handler, which aborts its request at once
     # (without it, a non-streaming request would keep its KV until it finished).
     access_log = (
@@ -134,6 +140,24 @@ async def _serve(engine: Any, args: ServerArgs, sock: socket.socket) -> None:
     await site.stop()
     await _drain(engine, getattr(args, "shutdown_timeout", _DEFAULT_SHUTDOWN_TIMEOUT_S), signals.second)
     await runner.cleanup()  # on_shutdown aborts what is left, then connections close and the engine stops
+
+
+def _exit_on_fatal(engine: Any) -> None:
+    """A dead tensor-parallel rank: the engine failed every request; give their responses a moment to go
+    out, then exit non-zero (the forward thread may be stuck in a collective, so no graceful shutdown)."""
+    loop = asyncio.get_running_loop()
+
+    def hard_exit() -> None:
+        if engine.workers is not None:
+            engine.workers.stop(timeout=0)
+        logging.shutdown()
+        os._exit(1)
+
+    def on_fatal(message: str) -> None:
+        logger.error("exiting: %s", message)
+        loop.call_later(1.0, hard_exit)
+
+    engine.on_fatal = on_fatal
 
 
 class _SignalCounter:
