@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from lite_srt.errors import InvalidRequestError
 from lite_srt.tokenizer import IncrementalDetokenizer, StopStringMatcher, load_tokenizer
+from lite_srt.tokenizer.detokenizer import token_length_cache
 
 STREAM_TEXTS = [
     "Hi 👋🏽! Family: 👨‍👩‍👧‍👦, flag 🏳️‍🌈, ok 👍🏿.",
@@ -55,6 +56,21 @@ def test_random_chunked_pushes_concatenate_to_full_decode(tok, seed: int) -> Non
     parts = _stream(IncrementalDetokenizer(tok), ids, chunks)
     assert "".join(parts) == tok.decode(ids)
     assert all("\ufffd" not in p for p in parts)
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_push_one_with_shared_length_cache_equals_push(tok, skip: bool) -> None:
+    ids = tok.encode(" ".join(STREAM_TEXTS) + "<|im_end|> done")
+    lengths = token_length_cache(tok, skip)
+    assert token_length_cache(tok, skip) is lengths and token_length_cache(tok, not skip) is not lengths
+    for _ in range(2):  # the second stream hits a warm cache
+        fast = IncrementalDetokenizer(tok, skip_special_tokens=skip, token_lengths=lengths)
+        slow = IncrementalDetokenizer(tok, skip_special_tokens=skip)
+        for t in ids:
+            assert fast.push_one(t) == slow.push([t])
+        assert fast.finish() == slow.finish()
+        assert fast.text == slow.text == tok.decode(ids, skip_special_tokens=skip)
+    assert lengths and all(n == len(tok.decode([t], skip_special_tokens=skip)) for t, n in lengths.items())
 
 
 @pytest.mark.parametrize("skip", [True, False])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -128,6 +129,21 @@ def test_allocator_alloc_next_matches_one_by_one_alloc(page_size):
     full = KVAllocator(4, 4)
     last = full.alloc(4)[-1:]
     assert full.alloc_next(last) is None and full.available_slots == 0
+
+
+@pytest.mark.parametrize("page_size", [1, 4])
+def test_allocator_alloc_next_takes_numpy_like_tensors(page_size):
+    a, b = KVAllocator(64, page_size), KVAllocator(64, page_size)
+    last_a = torch.stack([a.alloc(n)[-1] for n in (1, 3, 4)])
+    last_b = torch.stack([b.alloc(n)[-1] for n in (1, 3, 4)])
+    for _ in range(5):
+        last_a = a.alloc_next(last_a)
+        last_b = b.alloc_next(last_b.numpy().copy())
+        assert torch.equal(last_a, last_b)
+    assert a.available_slots == b.available_slots
+    nearly_full = KVAllocator(4, 1)
+    nearly_full.alloc(3)
+    assert nearly_full.alloc_next(np.array([0, 1])) is None and nearly_full.available_slots == 1
 
 
 # ---- ReqToTokenTable -----------------------------------------------------------------------------------

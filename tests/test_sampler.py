@@ -6,12 +6,15 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lite_srt.engine.sampler import (
     SamplerRow,
     SamplingBatch,
     apply_penalties,
     exponential_noise,
+    plain_greedy_from,
     process_logits,
     sample,
 )
@@ -320,6 +323,9 @@ def test_min_new_tokens_masks_eos_and_stop_ids_until_reached():
     common = dict(temperature=0.0, min_new_tokens=3, stop_token_ids=[3])
     assert run(logits, [row(output=(1, 1), **common)]).next_token_ids[0] == 4
     assert run(logits, [row(output=(1, 1, 1), **common)]).next_token_ids[0] == EOS
+    # With overlap scheduling the previous token may still be in flight: `step` counts it.
+    assert run(logits, [row(output=(1, 1), step=3, **common)]).next_token_ids[0] == EOS
+    assert run(logits, [row(output=(1,), step=2, **common)]).next_token_ids[0] == 4
     # ignore_eos lifts the mask for EOS only; stop ids stay masked.
     assert run(logits, [row(output=(1,), ignore_eos=True, **common)]).next_token_ids[0] == EOS
     logits_stop_first = torch.tensor([[0.0, 1.0, 2.0, 9.0, 7.0, 2.0]])
@@ -330,8 +336,9 @@ def test_min_new_tokens_never_samples_any_eos_id_and_leaves_other_rows_alone():
     logits = torch.tensor([5.0, 0.0, 5.0, 0.0, 5.0, 1.0])
     n = 500
     eos = frozenset({0, 2})
-    rows = [row(seed=1, step=s, eos=eos, min_new_tokens=1, stop_token_ids=[4, 1000]) for s in range(n)]
-    rows += [row(seed=1, step=s, eos=eos) for s in range(n)]
+    # Different seeds give independent draws of the first token (step 0), which is the one min tokens masks.
+    rows = [row(seed=s, eos=eos, min_new_tokens=1, stop_token_ids=[4, 1000]) for s in range(n)]
+    rows += [row(seed=s, eos=eos) for s in range(n)]
     tokens = run(logits.expand(2 * n, -1).contiguous(), rows).next_token_ids
     assert set(tokens[:n].tolist()) <= {1, 3, 5}
     assert {0, 2, 4} <= set(tokens[n:].tolist())
@@ -388,3 +395,34 @@ def test_logits_that_do_not_match_the_batch_are_rejected():
         sample(torch.zeros(3, 10), batch)
     with pytest.raises(ValueError, match="vocab 10"):
         sample(torch.zeros(2, 11), batch)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    temperature=st.sampled_from([0.0, 0.5, 1.0]),
+    top_k=st.sampled_from([-1, 1, 5]),
+    repetition_penalty=st.sampled_from([1.0, 1.2]),
+    min_new_tokens=st.integers(0, 3),
+    stop_token_ids=st.sampled_from([[], [3]]),
+    ignore_eos=st.booleans(),
+    logprobs=st.booleans(),
+    n_out=st.integers(0, 4),
+)
+def test_plain_greedy_from_agrees_with_full_batch_build(n_out: int, **params) -> None:
+    """Where the scheduler's fast path applies, the full build would also have nothing per row, and where it
+    does not, the full build has something (or the request is not greedy)."""
+    r = row(output=tuple(range(10, 10 + n_out)), **params)
+    banned = frozenset(r.params.stop_token_ids) | (frozenset() if r.params.ignore_eos else r.eos_ids)
+    full = SamplingBatch.build([r], 10, CPU)
+    plain = n_out >= plain_greedy_from(r.params, banned)
+    nothing_per_row = full.all_greedy and not full.adjusts_logits and not full.return_logprobs
+    assert plain == nothing_per_row
+    if plain:
+        fast = SamplingBatch.plain_greedy(1, 10)
+        logits = torch.randn(1, 10)
+        assert torch.equal(sample(logits, fast).next_token_ids, sample(logits, full).next_token_ids)
+
+
+def test_plain_greedy_batch_rejects_empty_batch() -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        SamplingBatch.plain_greedy(0, 10)

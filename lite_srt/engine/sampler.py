@@ -248,7 +248,9 @@ def _min_token_bans(rows: Sequence[SamplerRow], vocab_size: int) -> list[int]:
     """
     banned: list[int] = []
     for i, r in enumerate(rows):
-        if len(r.output_ids) >= r.params.min_new_tokens:
+        # Tokens before this one: with overlap scheduling the last sampled ones may not be in output_ids yet,
+        # but `step` counts them, so the mask ends at the same token with overlap on or off.
+        if max(len(r.output_ids), r.step) >= r.params.min_new_tokens:
             continue
         tokens = set(r.params.stop_token_ids)
         if not r.params.ignore_eos:

@@ -414,7 +414,7 @@ class Scheduler:
         return ScheduledBatch(ForwardMode.DECODE, reqs, reqs, epochs, list(range(n)), [], fb, sampling)
 
     def _sampling_batch(self, reqs: list[Req]) -> SamplingBatch:
-        if all(len(r.output_ids) >= r.plain_sampling_from for r in reqs):
+        if all(len(r.output_ids) + r.pending >= r.plain_sampling_from for r in reqs):
             return SamplingBatch.plain_greedy(len(reqs), self.vocab_size)
         rows = [
             SamplerRow(

@@ -1,0 +1,197 @@
+"""The scheduler's per-step fast paths, driven through the real Scheduler with a scripted instant runner.
+
+The runner's "model" emits a token that depends only on the position being sampled, so outputs are the same
+whatever the batching (overlap on or off), and stop conditions can be placed exactly. It also checks every
+forward batch it is handed against the req->token table, and records the sampling batches, so the decode
+fast path (numpy slot allocation, plain-greedy sampling batches) is checked against what it replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lite_srt.config import ServerArgs
+from lite_srt.engine.forward_batch import ForwardBatch, ForwardMode
+from lite_srt.engine.io import RequestOutput
+from lite_srt.engine.model_runner import StepResult
+from lite_srt.engine.request import OutputQueue, Req, RequestGroup, init_output_state
+from lite_srt.engine.sampler import SamplingBatch
+from lite_srt.engine.scheduler import Scheduler
+from lite_srt.mem.req_table import ReqToTokenTable
+from lite_srt.sampling_params import SamplingParams
+from lite_srt.tokenizer.null_tokenizer import NullTokenizer
+
+VOCAB = 1000
+EOS = 2
+CONTEXT = 96
+
+
+def token_at(position: int) -> int:
+    """The scripted model: the token sampled after `position` (never EOS, never a low id)."""
+    return 100 + (position * 37) % 800
+
+
+@dataclass
+class ScriptedRunner:
+    table: ReqToTokenTable
+    pool: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(num_slots=4096))
+    device: torch.device = torch.device("cpu")
+    chunked_prefill_size: int = 64
+    next_tokens: torch.Tensor = field(default_factory=lambda: torch.zeros(64, dtype=torch.int64))
+    decode_batches: int = 0
+    sampling: list[SamplingBatch] = field(default_factory=list)
+
+    def step(self, fb: ForwardBatch, rows: list[int], sb: SamplingBatch | None) -> StepResult:
+        if fb.mode is ForwardMode.DECODE:
+            self._check_decode(fb)
+            self.decode_batches += 1
+        if sb is None:
+            return StepResult([], None, None, None, 0.0)
+        self.sampling.append(sb)
+        last = fb.extend_start_loc + fb.extend_lens - 1
+        return StepResult([token_at(int(fb.positions[last[i]])) for i in rows], None, None, None, 0.0)
+
+    def _check_decode(self, fb: ForwardBatch) -> None:
+        """Every new position's slot is in the table, and seq_lens end right after it. (Prefill rows are left
+        out: a prompt handed to the prefix cache may point its table row at older duplicate slots.)"""
+        for b, row in enumerate(fb.req_pool_indices.tolist()):
+            lo = int(fb.extend_start_loc[b])
+            hi = lo + int(fb.extend_lens[b])
+            pos = fb.positions[lo:hi]
+            assert int(fb.seq_lens[b]) == int(pos[-1]) + 1
+            assert torch.equal(self.table.table[row, pos].to(torch.int64), fb.out_cache_loc[lo:hi])
+
+
+def make_scheduler(overlap: bool, max_running: int = 8) -> tuple[Scheduler, ScriptedRunner]:
+    runner = ScriptedRunner(ReqToTokenTable(max_running * 2 + 16, CONTEXT + 1, "cpu"))
+    args = ServerArgs(max_running_requests=max_running, disable_overlap_schedule=not overlap)
+
+    async def run_step(fb: ForwardBatch, rows: list[int], sb: SamplingBatch | None) -> StepResult:
+        return runner.step(fb, rows, sb)
+
+    return Scheduler(args, runner, run_step, CONTEXT, VOCAB), runner  # type: ignore[arg-type]
+
+
+def submit(sched: Scheduler, rid: str, prompt_len: int, **params) -> RequestGroup:
+    p = SamplingParams(**params)
+    p.validate()
+    group = RequestGroup(rid, 1)
+    prompt = [100 + (i * 13 + len(rid)) % 800 for i in range(prompt_len)]
+    req = Req(rid=rid, index=0, input_ids=prompt, params=p, seed=1, group=group, eos_ids=frozenset({EOS}))
+    init_output_state(req, NullTokenizer(VOCAB, None, [EOS]))
+    group.reqs.append(req)
+    sched.add_group(group, None)
+    return group
+
+
+async def collect(group: RequestGroup) -> list[RequestOutput]:
+    outs = [await group.queue.get()]
+    while not outs[-1].finished:
+        outs.append(await group.queue.get())
+    return outs
+
+
+async def run_all(
+    overlap: bool, specs: dict[str, tuple[int, dict]]
+) -> tuple[dict, Scheduler, ScriptedRunner]:
+    sched, runner = make_scheduler(overlap)
+    task = asyncio.ensure_future(sched.run_forever())
+    groups = {rid: submit(sched, rid, n, **params) for rid, (n, params) in specs.items()}
+    outs = {rid: await asyncio.wait_for(collect(g), 30) for rid, g in groups.items()}
+    sched.stop()
+    await task
+    return outs, sched, runner
+
+
+SPECS: dict[str, tuple[int, dict]] = {
+    "plain": (5, {"temperature": 0.0, "max_new_tokens": 20, "ignore_eos": True}),
+    "stop-id": (7, {"temperature": 0.0, "max_new_tokens": 40, "stop_token_ids": [token_at(12)]}),
+    "min-tokens": (7, {"temperature": 0.0, "max_new_tokens": 40, "min_new_tokens": 9}),
+    "context": (80, {"temperature": 0.0, "max_new_tokens": 50, "ignore_eos": True}),
+    "stop-string": (4, {"temperature": 0.0, "max_new_tokens": 30, "stop": [f"<{token_at(9)}>"]}),
+}
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+async def test_requests_end_at_their_stop_conditions_through_decode_fast_path(overlap: bool) -> None:
+    outs, sched, runner = await run_all(overlap, SPECS)
+    final = {rid: o[-1] for rid, o in outs.items()}
+    assert runner.decode_batches > 10  # the pure-decode builder ran
+    assert final["plain"].output_ids == [token_at(p) for p in range(4, 24)]
+    assert final["plain"].finish_reason.type == "length"
+    # Sampled after position 12: the prompt has 7 tokens (positions 0-6), so it is the 7th output token.
+    assert final["stop-id"].output_ids[-1] == token_at(12) and len(final["stop-id"].output_ids) == 7
+    assert final["stop-id"].finish_reason.matched == token_at(12)
+    assert len(final["min-tokens"].output_ids) == 40  # no EOS is ever sampled; min tokens only bans it
+    assert final["context"].completion_tokens == CONTEXT - 80  # the context ends it before max_new_tokens
+    assert final["context"].finish_reason.type == "length"
+    stop = f"<{token_at(9)}>"
+    assert stop not in final["stop-string"].text and final["stop-string"].finish_reason.matched == stop
+    assert final["stop-string"].text == "".join(f"<{token_at(p)}>" for p in range(3, 9))
+    for rid, o in outs.items():  # deltas add up to the final text and ids
+        assert "".join(x.delta_text for x in o) == final[rid].text
+        assert sum((x.delta_ids for x in o), []) == final[rid].output_ids
+    assert not sched.running and not sched.groups
+    sched.kv.check_invariant()
+
+
+async def test_overlap_on_and_off_give_the_same_outputs() -> None:
+    on, _, _ = await run_all(True, SPECS)
+    off, _, _ = await run_all(False, SPECS)
+    assert {r: o[-1].output_ids for r, o in on.items()} == {r: o[-1].output_ids for r, o in off.items()}
+    assert {r: o[-1].text for r, o in on.items()} == {r: o[-1].text for r, o in off.items()}
+
+
+async def test_min_new_tokens_rows_keep_their_bans_and_plain_rows_build_nothing() -> None:
+    specs = {k: SPECS[k] for k in ("plain", "min-tokens")}
+    _, _, runner = await run_all(True, specs)
+    banned_rows, plain_batches = 0, 0
+    for sb in runner.sampling:
+        if sb.banned is not None:
+            # A ban is row * V + EOS for each row still short of min_new_tokens.
+            banned_rows += sb.banned.numel()
+            assert all(int(i) % VOCAB == EOS for i in sb.banned)
+        elif sb.all_greedy and sb.stochastic is None and sb.penalties is None and not sb.return_logprobs:
+            plain_batches += 1
+    assert banned_rows == 9  # one per step until min_new_tokens (9) output tokens exist, overlap or not
+    assert plain_batches > 20
+
+
+async def test_output_queue_wakes_a_waiting_getter_in_order() -> None:
+    q = OutputQueue()
+    got: list[int] = []
+
+    async def reader() -> None:
+        for _ in range(3):
+            got.append((await q.get()).index)
+
+    task = asyncio.ensure_future(reader())
+    await asyncio.sleep(0)
+    assert not got
+    for i in range(3):
+        q.put_nowait(_output(i))
+    await asyncio.wait_for(task, 5)
+    assert got == [0, 1, 2] and q.empty()
+
+
+async def test_output_queue_stays_usable_after_a_cancelled_get() -> None:
+    q = OutputQueue()
+    waiter = asyncio.ensure_future(q.get())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    q.put_nowait(_output(5))
+    assert q.qsize() == 1
+    assert (await asyncio.wait_for(q.get(), 5)).index == 5
+    with pytest.raises(asyncio.QueueEmpty):
+        q.get_nowait()
+
+
+def _output(i: int) -> RequestOutput:
+    return RequestOutput("r", i, "", "", [], None, False, None, 1, 0, 0)
