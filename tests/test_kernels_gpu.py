@@ -239,8 +239,11 @@ def test_gemv_cuda_reads_strided_rows_and_writes_strided_out() -> None:
 
 
 @pytest.mark.parametrize("dtype", HALF_TYPES)
-def test_kernels_linear_dispatch_matches_f_linear_on_gpu(dtype) -> None:
+def test_kernels_linear_dispatch_matches_f_linear_on_gpu(monkeypatch, dtype) -> None:
     from lite_srt import kernels
+
+    monkeypatch.setattr(kernels, "_GEMV_MAX_ROWS", 8)  # LITE_SRT_GEMV_MAX_ROWS=8: native up to 8 rows
+    monkeypatch.setattr(kernels, "_GEMV_FUSED", True)  # LITE_SRT_GEMV_FUSED=1
 
     w = torch.randn(4096, 1024, device=DEV, dtype=dtype) / 32
     bias = torch.randn(4096, device=DEV, dtype=dtype)
@@ -263,16 +266,23 @@ def test_kernels_linear_runs_native_gemv_only_when_eligible(monkeypatch) -> None
     real = _C.gemv_cuda
     monkeypatch.setattr(_C, "gemv_cuda", lambda *args: (calls.append(args[-1]), real(*args))[1])
     w = torch.randn(256, 64, device=DEV, dtype=torch.bfloat16)
+    kernels.linear(torch.randn(1, 64, device=DEV, dtype=torch.bfloat16), w)
+    kernels.linear(torch.randn(3, 64, device=DEV, dtype=torch.bfloat16), w)  # above the default row limit
+    assert calls == [False]
+    kernels.silu_mul_linear(torch.randn(1, 128, device=DEV, dtype=torch.bfloat16), w)  # two steps by default
+    assert calls == [False, False]
+    monkeypatch.setattr(kernels, "_GEMV_MAX_ROWS", 8)
+    monkeypatch.setattr(kernels, "_GEMV_FUSED", True)
     kernels.linear(torch.randn(3, 64, device=DEV, dtype=torch.bfloat16), w)
     kernels.silu_mul_linear(torch.randn(1, 128, device=DEV, dtype=torch.bfloat16), w)
-    assert calls == [False, True]
+    assert calls == [False, False, False, True]
     kernels.linear(torch.randn(9, 64, device=DEV, dtype=torch.bfloat16), w)  # too many rows
     kernels.linear(torch.randn(2, 64, device=DEV), w.float())  # float32
     kernels.linear(torch.randn(2, 60, device=DEV, dtype=torch.bfloat16), w[:, :60])  # K % 8 != 0, strided
     kernels.linear(torch.randn(64, 2, device=DEV, dtype=torch.bfloat16).t(), w)  # x not contiguous
     monkeypatch.setattr(kernels, "_GEMV_ENABLED", False)  # what LITE_SRT_GEMV=0 sets at import
     kernels.linear(torch.randn(1, 64, device=DEV, dtype=torch.bfloat16), w)
-    assert calls == [False, True]
+    assert calls == [False, False, False, True]
 
 
 def test_gemv_cuda_rejects_bad_arguments() -> None:

@@ -148,14 +148,21 @@ def extend_attention(
 
 # ---- linear layers: the native GEMV for decode-sized batches, torch (cuBLAS / CPU BLAS) otherwise
 
-_GEMV_MAX_ROWS = 8  # the kernel is instantiated for 1..8 activation rows (csrc/ops/gemv.h)
+# The fused silu_and_mul + down projection kernel is opt-in (LITE_SRT_GEMV_FUSED=1): on an H100 at one row it
+# measured 53 us for Llama-3.1-8B's down projection against 48 us for silu_and_mul + the plain GEMV, because
+# every block recomputes silu over all of K while staging its input.
+_GEMV_FUSED = os.environ.get("LITE_SRT_GEMV_FUSED", "0") == "1"
+# The kernel takes 1..8 activation rows (csrc/ops/gemv.h), but on an H100 it beats cuBLAS only at one row:
+# from 2 rows its CUDA-core FMAs cost more than the extra rows save (M=8: 2-3x slower than cuBLAS, which stays
+# at copy bandwidth there; scripts/bench_gemv.py). LITE_SRT_GEMV_MAX_ROWS raises the limit for A/B runs.
+_GEMV_MAX_ROWS = max(1, min(8, int(os.environ.get("LITE_SRT_GEMV_MAX_ROWS", "1"))))
 _GEMV_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def _gemv_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, in_width: int):
     """The native GEMV when it applies to these tensors, else None (the caller uses torch).
 
-    It applies to CUDA fp16/bf16 inference with at most 8 rows of a contiguous x whose last dim is in_width,
+    It applies to CUDA fp16/bf16 inference with at most _GEMV_MAX_ROWS rows of a contiguous x of width in_width,
     a contiguous [N, K] weight with K % 8 == 0, and 16-byte aligned data (the kernel reads 16-byte packs).
     """
     if not _GEMV_ENABLED or not x.is_cuda or x.dtype not in _GEMV_DTYPES:
@@ -188,8 +195,8 @@ def _gemv(op, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear semantics: x [..., K] @ weight[N, K]^T (+ bias) -> [..., N].
 
-    Decode-sized CUDA batches (1..8 rows) run the native GEMV, which streams the weight at near copy
-    bandwidth; everything else (prefill, CPU, fp32, odd layouts) goes to torch.
+    Decode-sized CUDA batches (up to _GEMV_MAX_ROWS rows) run the native GEMV, which streams the weight at
+    near copy bandwidth; everything else (prefill, CPU, fp32, odd layouts) goes to torch.
     """
     op = _gemv_op(x, weight, bias, weight.shape[-1])
     if op is None:
@@ -200,10 +207,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 def silu_mul_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """linear(silu_and_mul(x), weight, bias) for x [..., 2K] (gate | up) and weight [N, K].
 
-    The native GEMV computes silu(gate) * up while staging its input, so the MLP's down projection at decode
-    is one launch with no intermediate tensor; other cases run the two steps.
+    With LITE_SRT_GEMV_FUSED=1 the native GEMV computes silu(gate) * up while staging its input (one launch,
+    no intermediate tensor); otherwise, and where the GEMV does not apply, the two steps run.
     """
-    op = _gemv_op(x, weight, bias, 2 * weight.shape[-1])
+    op = _gemv_op(x, weight, bias, 2 * weight.shape[-1]) if _GEMV_FUSED else None
     if op is None:
         return linear(silu_and_mul(x), weight, bias)
     return _gemv(op, x, weight, bias, fuse=True)
