@@ -69,7 +69,15 @@ class IncrementalDetokenizer:
         self._prefix_offset = 0
         self._read_offset = 0
         self._emitted = 0  # characters of decode(ids[prefix_offset:]) already emitted
-        self.text = ""  # everything emitted so far
+        # Everything emitted so far, as pieces: `text += delta` would copy the whole text on every token.
+        self._parts: list[str] = []
+
+    @property
+    def text(self) -> str:
+        """Everything emitted so far."""
+        if len(self._parts) > 1:
+            self._parts[:] = ["".join(self._parts)]
+        return self._parts[0] if self._parts else ""
 
     def push(self, token_ids: Sequence[int]) -> str:
         """Add generated ids; return the text that became final (possibly "")."""
@@ -93,7 +101,7 @@ class IncrementalDetokenizer:
         if window[-1:] == REPLACEMENT_CHAR and len(ids) - start <= MAX_WINDOW_TOKENS:
             return self._take(window, len(window.rstrip(REPLACEMENT_CHAR)))
         delta = window[self._emitted :]  # close the window: as _close_window, with the slices done once
-        self.text += delta
+        self._parts.append(delta)
         self._prefix_offset = start = self._read_offset
         self._read_offset = len(ids)
         lengths = self._token_lengths
@@ -115,7 +123,7 @@ class IncrementalDetokenizer:
     def _take(self, window: str, end: int) -> str:
         delta = window[self._emitted : end]
         self._emitted = max(self._emitted, end)
-        self.text += delta
+        self._parts.append(delta)
         return delta
 
     def _close_window(self, window: str) -> str:
