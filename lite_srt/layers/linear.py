@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lite_srt import kernels
 from lite_srt.distributed.group import TPGroup
 from lite_srt.distributed.partition import Span, split
 from lite_srt.errors import ShapeMismatchError
@@ -54,7 +55,7 @@ class ColumnParallelLinear(nn.Module):
         self.bias = _param(offset) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return kernels.linear(x, self.weight, self.bias)
 
     def load(self, kind: str, shard: str | None, src: WeightSource, ckpt_name: str) -> None:
         offset, span = self.shards[shard]
@@ -71,7 +72,11 @@ class RowParallelLinear(nn.Module):
         self.weight = _param(out_features, in_span.size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tp.all_reduce(F.linear(x, self.weight))
+        return self.tp.all_reduce(kernels.linear(x, self.weight))
+
+    def forward_silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """forward(silu(gate) * up) for gate_up = [gate | up] (the SwiGLU down projection)."""
+        return self.tp.all_reduce(kernels.silu_mul_linear(gate_up, self.weight))
 
     def load(self, kind: str, shard: str | None, src: WeightSource, ckpt_name: str) -> None:
         copy_slice(ckpt_name, self.weight.data, src, 1, self.in_span)
@@ -109,7 +114,7 @@ class ParallelLMHead(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         w = self.tied_to[0].weight if self.tied_to else self.weight
-        return self.tp.all_gather_cols(torch.matmul(h, w.t()), self.part_sizes)
+        return self.tp.all_gather_cols(kernels.linear(h, w), self.part_sizes)
 
     def load(self, kind: str, shard: str | None, src: WeightSource, ckpt_name: str) -> None:
         assert self.weight is not None  # the mapper skips lm_head.weight of tied models
