@@ -165,8 +165,7 @@ class AsyncEngine:
         self._dead = message
         sched = self.scheduler
         if sched is not None:
-            for group in list(sched.groups.values()):
-                sched._abort_group(group, f"engine failure: {message}", kv_valid=False)
+            sched.fail_all(f"engine failure: {message}")
             sched.stop()
         if self.on_fatal is not None:
             self.on_fatal(message)

@@ -380,8 +380,7 @@ class Scheduler:
             self.runner.device,
         )
         if gather_idx:
-            fb.gather_idx = torch.tensor(gather_idx, dtype=torch.int64).to(self.runner.device)
-            fb.gather_rows = torch.tensor([r.row for r in decodes], dtype=torch.int64).to(self.runner.device)
+            fb.set_gather(gather_idx, [r.row for r in decodes], self.runner.device)
         sampling = self._sampling_batch(sampled) if sampled else None
         for r in sampled:
             r.pending += 1
@@ -538,6 +537,11 @@ class Scheduler:
             )  # its samples never started; once they have, the last one releases it
         for req in group.reqs:
             self._finish(req, FinishReason("abort", message=message), kv_valid)
+
+    def fail_all(self, message: str) -> None:
+        """Finish every request with an error (the engine cannot continue, e.g. a tensor-parallel rank died)."""
+        for group in list(self.groups.values()):
+            self._abort_group(group, message, kv_valid=False)
 
     def _fail_batch(self, batch: ScheduledBatch, message: str) -> None:
         for req in batch.reqs:
