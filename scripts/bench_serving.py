@@ -248,6 +248,7 @@ def print_table(s: dict[str, Any]) -> None:
         ("Output token throughput (tok/s)", f"{s['output_throughput']:.2f}"),
         ("Total token throughput (tok/s)", f"{s['total_token_throughput']:.2f}"),
         ("Concurrency", f"{s['concurrency']:.2f}"),
+        ("Prefix cache hit rate", f"{s.get('cache_hit_rate', 0.0):.3f}"),
     ]
     for key, name in (("ttft_ms", "TTFT"), ("itl_ms", "ITL"), ("tpot_ms", "TPOT"), ("e2e_ms", "E2E latency")):
         for stat in ("mean", "median", "p99"):
@@ -315,8 +316,21 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             await _stream_one(
                 client, BenchRequest(min(16, req.output_len), req.input_ids, req.messages), args
             )
+        before = await client.metrics()
         results, duration = await run_benchmark(client, reqs, args, rng)
-    return summarize(results, duration, args, server)
+        after = await client.metrics()
+    summary = summarize(results, duration, args, server)
+    summary["cache_hit_rate"] = _hit_rate(before, after)
+    return summary
+
+
+def _hit_rate(before: dict[str, float], after: dict[str, float]) -> float:
+    """Share of this run's prompt tokens the server served from its prefix cache (from /metrics counters)."""
+    prompt = after.get("lite_srt_prompt_tokens_total", 0.0) - before.get("lite_srt_prompt_tokens_total", 0.0)
+    hits = after.get("lite_srt_cache_hit_tokens_total", 0.0) - before.get(
+        "lite_srt_cache_hit_tokens_total", 0.0
+    )
+    return hits / prompt if prompt > 0 else 0.0
 
 
 def _iter_json_safe(d: dict[str, Any]) -> Iterator[tuple[str, Any]]:
