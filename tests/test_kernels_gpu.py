@@ -242,6 +242,7 @@ def test_gemv_cuda_reads_strided_rows_and_writes_strided_out() -> None:
 def test_kernels_linear_dispatch_matches_f_linear_on_gpu(monkeypatch, dtype) -> None:
     from lite_srt import kernels
 
+    monkeypatch.setattr(kernels, "_GEMV_ENABLED", True)  # LITE_SRT_GEMV=1
     monkeypatch.setattr(kernels, "_GEMV_MAX_ROWS", 8)  # LITE_SRT_GEMV_MAX_ROWS=8: native up to 8 rows
     monkeypatch.setattr(kernels, "_GEMV_FUSED", True)  # LITE_SRT_GEMV_FUSED=1
 
@@ -262,6 +263,7 @@ def test_kernels_linear_dispatch_matches_f_linear_on_gpu(monkeypatch, dtype) -> 
 def test_kernels_linear_runs_native_gemv_only_when_eligible(monkeypatch) -> None:
     from lite_srt import kernels
 
+    monkeypatch.setattr(kernels, "_GEMV_ENABLED", True)  # what LITE_SRT_GEMV=1 sets at import
     calls: list[bool] = []
     real = _C.gemv_cuda
     monkeypatch.setattr(_C, "gemv_cuda", lambda *args: (calls.append(args[-1]), real(*args))[1])

@@ -28,9 +28,10 @@ except ImportError as e:  # pragma: no cover - depends on the build
 
 # LITE_SRT_KERNELS=reference forces the torch reference ops (A/B and debugging).
 _FORCE_REF = os.environ.get("LITE_SRT_KERNELS", "") == "reference"
-# LITE_SRT_GEMV=0 sends every linear layer to torch (cuBLAS) instead of the native small-batch GEMV (A/B runs).
-# Read once: linear() is on the per-layer hot path.
-_GEMV_ENABLED = os.environ.get("LITE_SRT_GEMV", "1") != "0"
+# LITE_SRT_GEMV=1 sends batch-1 linear layers to the native GEMV instead of torch (cuBLAS). Opt-in: Llama-3.1-8B
+# decode at batch 1 measured 6.90 vs 6.94 ms on an H100 (a wash) and 5.46 vs 5.15 ms on an H200 (6% slower;
+# docs/BENCHMARKS.md). Read once: linear() is on the per-layer hot path.
+_GEMV_ENABLED = os.environ.get("LITE_SRT_GEMV", "0") == "1"
 
 
 def _native(name: str, t: torch.Tensor):
