@@ -6,6 +6,8 @@
 For each (batch size, input length): one prefill of the whole batch, then --output-len decode steps (greedy,
 sampling included). Reports ms per step, tokens/s, achieved GB/s (weights + KV read per decode step) and
 TFLOP/s (2 * params * tokens, plus attention) next to each other. Prints a table last and writes JSON.
+With --tp-size N the worker ranks are spawned as the server does, and GB/s and TFLOP/s are per GPU (rank 0's
+shard).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import time
 import torch
 
 from lite_srt.config import ServerArgs
+from lite_srt.distributed import launch as tp_launch
+from lite_srt.distributed.group import TPGroup
+from lite_srt.distributed.step_sync import TableWrites, send_stop
 from lite_srt.engine.forward_batch import ForwardBatch, ForwardMode
 from lite_srt.engine.model_runner import ModelRunner
 from lite_srt.engine.sampler import SamplerRow, SamplingBatch
@@ -27,6 +32,11 @@ from lite_srt.sampling_params import SamplingParams
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _writes(runner: ModelRunner) -> TableWrites | None:
+    """The table writes the worker ranks must replay before this step (tensor parallelism only)."""
+    return TableWrites(*runner.table.drain_journal()) if runner.tp.size > 1 else None
 
 
 def run_case(runner: ModelRunner, bs: int, input_len: int, output_len: int) -> dict:
@@ -55,7 +65,7 @@ def run_case(runner: ModelRunner, bs: int, input_len: int, output_len: int) -> d
     )
     sync(dev)
     t0 = time.perf_counter()
-    out = runner.step(fb, list(range(bs)), sampling)
+    out = runner.step(fb, list(range(bs)), sampling, _writes(runner))
     sync(dev)
     prefill_s = time.perf_counter() - t0
     tokens = out.next_token_ids
@@ -74,7 +84,7 @@ def run_case(runner: ModelRunner, bs: int, input_len: int, output_len: int) -> d
             dev,
         )
         t0 = time.perf_counter()
-        tokens = runner.step(fb, list(range(bs)), sampling).next_token_ids  # .tolist() syncs
+        tokens = runner.step(fb, list(range(bs)), sampling, _writes(runner)).next_token_ids  # .tolist() syncs
         step_times.append(time.perf_counter() - t0)
     for r in rows:
         runner.table.free(r)
@@ -111,6 +121,7 @@ def main() -> None:
     p.add_argument("--input-len", type=int, nargs="+", default=[128])
     p.add_argument("--output-len", type=int, default=32)
     p.add_argument("--disable-cuda-graph", action="store_true")
+    p.add_argument("--tp-size", type=int, default=1)
     p.add_argument("--out", default="bench_one_batch.json")
     a = p.parse_args()
     max_bs = max(a.batch_size)
@@ -126,8 +137,15 @@ def main() -> None:
         disable_cuda_graph=a.disable_cuda_graph,
         cuda_graph_max_bs=max_bs,
         context_length=longest + 1,
+        tp_size=a.tp_size,
     )
-    runner = ModelRunner(args, load_model_config(a.model_path), a.model_path, longest + 1)
+    workers, tp = None, TPGroup.single()
+    if a.tp_size > 1:
+        addr = tp_launch.init_addr(args)
+        workers = tp_launch.start_workers(args, addr)
+        tp = tp_launch.join_group(args, 0, addr)
+        args = args.replace(device=tp_launch.rank_device(args, 0))
+    runner = ModelRunner(args, load_model_config(a.model_path), a.model_path, longest + 1, tp)
     results = []
     for bs in a.batch_size:
         for n in a.input_len:
@@ -136,10 +154,16 @@ def main() -> None:
             r["cuda_graph"] = runner.graphs is not None
             results.append(r)
             print(json.dumps(r), flush=True)
+    if workers is not None:
+        send_stop(tp)
+        workers.stop()
+        tp_launch.leave_group()
     device = torch.cuda.get_device_name() if runner.device.type == "cuda" else "cpu"
     with open(a.out, "w") as f:
         json.dump({"device": device, "args": vars(a), "results": results}, f, indent=2)
-    print(f"\n{device}, {a.model_path} ({runner.dtype}), cuda graphs: {runner.graphs is not None}")
+    print(
+        f"\n{device}, {a.model_path} ({runner.dtype}), tp {a.tp_size}, cuda graphs: {runner.graphs is not None}"
+    )
     print(
         f"{'bs':>4}{'in':>6}{'prefill ms':>12}{'prefill TF/s':>13}{'decode ms':>11}{'tok/s':>9}{'GB/s':>8}"
         f"{'TF/s':>7}"

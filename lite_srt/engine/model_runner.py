@@ -166,6 +166,11 @@ class ModelRunner:
     def _capture_graphs(self) -> CudaGraphRunner | None:
         if self.device.type != "cuda" or self.args.disable_cuda_graph:
             return None
+        if self.tp.size > 1:
+            # Replaying graphs that captured torch.distributed NCCL collectives hung on 2 H200s (eager decode at
+            # tp 2 is token-exact); until a capture-safe all-reduce exists, tensor-parallel decode runs eagerly.
+            logger.warning("CUDA graphs are off at tp %d: decode runs eagerly", self.tp.size)
+            return None
         dummy_row = self.table.alloc()  # padded graph rows read through it; never handed to a request
         assert dummy_row is not None
         max_bs = self.args.cuda_graph_max_bs or _default_graph_max_bs(self.device)
