@@ -21,7 +21,7 @@ import torch
 from lite_srt.config import ServerArgs
 from lite_srt.distributed import launch as tp_launch
 from lite_srt.distributed.group import TPGroup
-from lite_srt.distributed.step_sync import TableWrites, send_stop
+from lite_srt.distributed.step_sync import send_stop
 from lite_srt.engine.forward_batch import ForwardBatch, ForwardMode
 from lite_srt.engine.model_runner import ModelRunner
 from lite_srt.engine.sampler import SamplerRow, SamplingBatch
@@ -32,11 +32,6 @@ from lite_srt.sampling_params import SamplingParams
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _writes(runner: ModelRunner) -> TableWrites | None:
-    """The table writes the worker ranks must replay before this step (tensor parallelism only)."""
-    return TableWrites(*runner.table.drain_journal()) if runner.tp.size > 1 else None
 
 
 def run_case(runner: ModelRunner, bs: int, input_len: int, output_len: int) -> dict:
@@ -65,7 +60,7 @@ def run_case(runner: ModelRunner, bs: int, input_len: int, output_len: int) -> d
     )
     sync(dev)
     t0 = time.perf_counter()
-    out = runner.step(fb, list(range(bs)), sampling, _writes(runner))
+    out = runner.step(fb, list(range(bs)), sampling, runner.take_table_writes())
     sync(dev)
     prefill_s = time.perf_counter() - t0
     tokens = out.next_token_ids
@@ -84,7 +79,9 @@ def run_case(runner: ModelRunner, bs: int, input_len: int, output_len: int) -> d
             dev,
         )
         t0 = time.perf_counter()
-        tokens = runner.step(fb, list(range(bs)), sampling, _writes(runner)).next_token_ids  # .tolist() syncs
+        tokens = runner.step(
+            fb, list(range(bs)), sampling, runner.take_table_writes()
+        ).next_token_ids  # .tolist() syncs
         step_times.append(time.perf_counter() - t0)
     for r in rows:
         runner.table.free(r)

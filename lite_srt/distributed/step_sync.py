@@ -111,12 +111,12 @@ def recv_step(
 
 
 def _host_gather(batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    if batch.gather_idx is None or batch.gather_rows is None:
+    """The mixed-batch gather as CPU tensors (ForwardBatch.set_gather keeps them: no device sync here)."""
+    host = batch.host
+    if host is None or host.gather_idx is None or host.gather_rows is None:
         e = torch.empty(0, dtype=torch.int64)
         return e, e
-    if batch.host is not None and batch.host.gather_idx is not None and batch.host.gather_rows is not None:
-        return batch.host.gather_idx, batch.host.gather_rows
-    return batch.gather_idx.cpu(), batch.gather_rows.cpu()  # costs a device sync; set_gather avoids it
+    return host.gather_idx, host.gather_rows
 
 
 def _bcast(tp: TPGroup, t: torch.Tensor) -> torch.Tensor:

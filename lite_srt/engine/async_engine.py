@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from lite_srt.config import ServerArgs
 from lite_srt.distributed import launch as tp_launch
 from lite_srt.distributed.group import TPGroup
-from lite_srt.distributed.step_sync import TableWrites, send_stop
+from lite_srt.distributed.step_sync import send_stop
 from lite_srt.distributed.worker import limit_cpu_threads
 from lite_srt.engine.forward_batch import ForwardBatch
 from lite_srt.engine.io import EngineStats, FinishReason, GenerateRequest, RequestOutput
@@ -170,19 +170,13 @@ class AsyncEngine:
         if self.on_fatal is not None:
             self.on_fatal(message)
 
-    def _table_writes(self) -> TableWrites | None:
-        """The table writes since the last step, taken on the event loop as the step is handed over."""
-        if self.runner.tp.size == 1:
-            return None
-        return TableWrites(*self.runner.table.drain_journal())
-
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
 
         async def run_step(fb: ForwardBatch, rows: list[int], sb: SamplingBatch | None) -> StepResult:
-            writes = self._table_writes()
+            writes = self.runner.take_table_writes()
             return await loop.run_in_executor(self._executor, self.runner.step, fb, rows, sb, writes)
 
         self.scheduler = Scheduler(

@@ -200,6 +200,11 @@ class ModelRunner:
             )
         return KVPool(cfg.num_hidden_layers, slots, self.num_kv_heads, cfg.head_dim, self.dtype, self.device)
 
+    def take_table_writes(self) -> TableWrites | None:
+        """Rank 0: the table writes since the last step, for the workers to replay (None without parallelism).
+        Called on the event-loop thread as a step is handed over, so it names exactly that step's writes."""
+        return TableWrites(*self.table.drain_journal()) if self.tp.size > 1 else None
+
     @property
     def num_kv_heads(self) -> int:
         return self.model.num_local_kv_heads
