@@ -19,6 +19,7 @@
 
 #include "attention/attention.h"
 #include "cache/store_kv.h"
+#include "comm/all_reduce.h"
 #include "ops/gemv.h"
 #include "ops/ops.h"
 #endif
@@ -441,6 +442,64 @@ void gemv_cuda(at::Tensor out, at::Tensor x, at::Tensor weight, std::optional<at
   const c10::cuda::CUDAGuard guard = guard_for(x, "gemv", "x");
   launch_gemv(make_gemv(out, x, weight, bias, fuse_silu_mul), stream_for(x));
 }
+
+// Custom all-reduce (comm/all_reduce.h). Buffers are raw device pointers passed as ints: they come from
+// cudaMalloc / cudaIpcOpenMemHandle, not torch's allocator, and lite_srt/distributed/custom_all_reduce.py owns
+// them. Messages format numbers with std::to_string: on the device build a TORCH_CHECK message streaming an int64
+// crashed (docs/BENCHMARKS.md).
+void check_cuda(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, what, " failed: ", cudaGetErrorString(err));
+}
+
+int64_t ar_alloc_cuda(int64_t bytes) {
+  TORCH_CHECK_VALUE(bytes > 0, "ar_alloc: bytes must be positive");
+  void* ptr = nullptr;
+  check_cuda(ar_alloc(static_cast<size_t>(bytes), &ptr), "ar_alloc");
+  return reinterpret_cast<int64_t>(ptr);
+}
+
+void ar_free_cuda(int64_t ptr) { check_cuda(ar_free(reinterpret_cast<void*>(ptr)), "ar_free"); }
+
+py::bytes ar_ipc_handle_cuda(int64_t ptr) {
+  char handle[kIpcHandleBytes];
+  check_cuda(ar_ipc_handle(reinterpret_cast<void*>(ptr), handle), "cudaIpcGetMemHandle");
+  return py::bytes(handle, kIpcHandleBytes);
+}
+
+int64_t ar_ipc_open_cuda(const py::bytes& handle) {
+  const std::string h = handle;
+  TORCH_CHECK_VALUE(h.size() == kIpcHandleBytes, "ar_ipc_open: an IPC handle has ", std::to_string(kIpcHandleBytes),
+                    " bytes, got ", std::to_string(h.size()));
+  void* ptr = nullptr;
+  check_cuda(ar_ipc_open(h.data(), &ptr), "cudaIpcOpenMemHandle");
+  return reinterpret_cast<int64_t>(ptr);
+}
+
+void ar_ipc_close_cuda(int64_t ptr) { check_cuda(ar_ipc_close(reinterpret_cast<void*>(ptr)), "cudaIpcCloseMemHandle"); }
+
+// In place: t = sum over ranks of t. buffers: every rank's IPC buffer as mapped here, this rank's at [rank].
+void all_reduce_cuda(at::Tensor t, const std::vector<int64_t>& buffers, int64_t rank, int64_t capacity) {
+  const char* op = "all_reduce";
+  const c10::cuda::CUDAGuard guard = guard_for(t, op, "t");
+  AllReduceArgs a{};
+  a.dtype = activation_dtype(t, op, "t");
+  const int64_t bytes = t.numel() * t.element_size();
+  TORCH_CHECK_VALUE(t.is_contiguous() && bytes % 16 == 0 && (reinterpret_cast<uintptr_t>(t.data_ptr()) & 15u) == 0,
+                    "all_reduce: t must be contiguous, 16-byte aligned and a multiple of 16 bytes (", std::to_string(bytes),
+                    " bytes)");
+  TORCH_CHECK_VALUE(bytes <= capacity, "all_reduce: ", std::to_string(bytes), " bytes exceed the buffer capacity of ",
+                    std::to_string(capacity));
+  const int64_t n = static_cast<int64_t>(buffers.size());
+  TORCH_CHECK_VALUE(n >= 2 && n <= kArMaxRanks && rank >= 0 && rank < n, "all_reduce: needs 2 to ",
+                    std::to_string(kArMaxRanks), " buffers and 0 <= rank < their number");
+  for (int64_t r = 0; r < n; ++r) a.buffers[r] = reinterpret_cast<void*>(buffers[r]);
+  a.data = t.data_ptr();
+  a.numel = t.numel();
+  a.rank = static_cast<int>(rank);
+  a.nranks = static_cast<int>(n);
+  a.capacity = capacity;
+  launch_all_reduce(a, stream_for(t));
+}
 #endif
 
 }  // namespace
@@ -481,6 +540,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("extend_lens"), py::arg("extend_start_loc"), py::arg("scale"));
   m.def("gemv_cuda", &gemv_cuda, "out = x @ weight.T (+ bias) for 1..8 rows; x = silu_and_mul(x) if fused",
         py::arg("out"), py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("fuse_silu_mul"));
+  m.def("ar_alloc_cuda", &ar_alloc_cuda, "zeroed device memory for a custom all-reduce buffer", py::arg("bytes"));
+  m.def("ar_free_cuda", &ar_free_cuda, py::arg("ptr"));
+  m.def("ar_ipc_handle_cuda", &ar_ipc_handle_cuda, "the CUDA IPC handle of a buffer", py::arg("ptr"));
+  m.def("ar_ipc_open_cuda", &ar_ipc_open_cuda, "map a peer's buffer from its IPC handle", py::arg("handle"));
+  m.def("ar_ipc_close_cuda", &ar_ipc_close_cuda, py::arg("ptr"));
+  m.def("all_reduce_cuda", &all_reduce_cuda, "in-place one-shot sum over the ranks' IPC buffers", py::arg("t"),
+        py::arg("buffers"), py::arg("rank"), py::arg("capacity"));
+  m.attr("ar_header_bytes") = py::int_(kArHeaderBytes);
 #endif
 #ifdef LITE_SRT_WITH_RADIX
   register_radix_tree(m);

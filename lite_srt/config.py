@@ -84,6 +84,11 @@ class ServerArgs:
     dist_init_addr: str | None = _opt(
         "HOST:PORT of node 0's torch.distributed store (required with --nnodes > 1; default: a free local port)"
     )
+    disable_custom_all_reduce: bool = _opt(
+        "sum tensor-parallel partial results with NCCL only (no CUDA IPC all-reduce; CUDA graphs then stay off "
+        "at tp > 1)",
+        False,
+    )
     # Server
     host: str = _opt("bind address", "127.0.0.1")
     port: int = _opt("bind port", 30000)

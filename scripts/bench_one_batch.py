@@ -119,6 +119,7 @@ def main() -> None:
     p.add_argument("--output-len", type=int, default=32)
     p.add_argument("--disable-cuda-graph", action="store_true")
     p.add_argument("--tp-size", type=int, default=1)
+    p.add_argument("--disable-custom-all-reduce", action="store_true", help="NCCL only at tp > 1 (A/B)")
     p.add_argument("--out", default="bench_one_batch.json")
     a = p.parse_args()
     max_bs = max(a.batch_size)
@@ -135,6 +136,7 @@ def main() -> None:
         cuda_graph_max_bs=max_bs,
         context_length=longest + 1,
         tp_size=a.tp_size,
+        disable_custom_all_reduce=a.disable_custom_all_reduce,
     )
     workers, tp = None, TPGroup.single()
     if a.tp_size > 1:
@@ -149,6 +151,7 @@ def main() -> None:
             run_case(runner, bs, n, min(a.output_len, 4))  # warm-up (allocator, kernels)
             r = run_case(runner, bs, n, a.output_len)
             r["cuda_graph"] = runner.graphs is not None
+            r["custom_all_reduce"] = tp.custom_ar is not None
             results.append(r)
             print(json.dumps(r), flush=True)
     if workers is not None:
@@ -159,7 +162,8 @@ def main() -> None:
     with open(a.out, "w") as f:
         json.dump({"device": device, "args": vars(a), "results": results}, f, indent=2)
     print(
-        f"\n{device}, {a.model_path} ({runner.dtype}), tp {a.tp_size}, cuda graphs: {runner.graphs is not None}"
+        f"\n{device}, {a.model_path} ({runner.dtype}), tp {a.tp_size}, cuda graphs: {runner.graphs is not None},"
+        f" custom all-reduce: {tp.custom_ar is not None}"
     )
     print(
         f"{'bs':>4}{'in':>6}{'prefill ms':>12}{'prefill TF/s':>13}{'decode ms':>11}{'tok/s':>9}{'GB/s':>8}"

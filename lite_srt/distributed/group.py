@@ -2,7 +2,8 @@
 
 The model's collectives (all-reduce after row-parallel layers, all-gather of vocab-parallel logits, the
 broadcast of sampled tokens) run on `device_group`: NCCL on GPUs, gloo on the CPU. Step metadata from rank 0
-goes over `cpu_group` (always gloo), so workers wait for the next step without holding a GPU stream. With
+goes over `cpu_group` (always gloo), so workers wait for the next step without holding a GPU stream. On GPUs of one
+machine, all-reduces that fit go through `custom_ar` (CUDA IPC, capturable by CUDA graphs) instead of NCCL. With
 size 1 every collective is a no-op and no process group exists. Passed explicitly to whatever needs it: no
 module-global state.
 """
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from lite_srt.distributed.custom_all_reduce import CustomAllReduce
+
 
 @dataclass(frozen=True)
 class TPGroup:
@@ -21,6 +24,7 @@ class TPGroup:
     size: int
     device_group: dist.ProcessGroup | None = None
     cpu_group: dist.ProcessGroup | None = None
+    custom_ar: CustomAllReduce | None = None
 
     @classmethod
     def single(cls) -> TPGroup:
@@ -31,10 +35,24 @@ class TPGroup:
         """Rank 0 schedules and samples; the others follow."""
         return self.rank == 0
 
+    @property
+    def graph_safe(self) -> bool:
+        """Whether the model's forward (less the LM head's all-gather) may be captured in a CUDA graph: every
+        all-reduce it makes must then go through the custom all-reduce."""
+        return self.size == 1 or self.custom_ar is not None
+
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         """Sum over ranks, in place."""
-        if self.size > 1:
-            dist.all_reduce(t, group=self.device_group)
+        if self.size == 1:
+            return t
+        if self.custom_ar is not None and self.custom_ar.fits(t):
+            return self.custom_ar.all_reduce(t)
+        if t.is_cuda and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                f"an all-reduce of {tuple(t.shape)} {t.dtype} does not fit the custom all-reduce and NCCL cannot "
+                "run inside a CUDA graph: lower --cuda-graph-max-bs or pass --disable-cuda-graph"
+            )
+        dist.all_reduce(t, group=self.device_group)
         return t
 
     def all_gather_cols(self, t: torch.Tensor, sizes: list[int]) -> torch.Tensor:

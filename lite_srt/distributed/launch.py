@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from lite_srt.config import ServerArgs
+from lite_srt.distributed.custom_all_reduce import CustomAllReduce
 from lite_srt.distributed.group import TPGroup
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,11 @@ def join_group(args: ServerArgs, rank: int, addr: str) -> TPGroup:
     )
     world = dist.group.WORLD
     cpu = dist.new_group(backend="gloo", timeout=_COLLECTIVE_TIMEOUT) if backend == "nccl" else world
-    return TPGroup(rank, args.tp_size, world, cpu)
+    custom = None
+    if backend == "nccl" and args.nnodes == 1 and not args.disable_custom_all_reduce:  # IPC: one machine only
+        local = [int(rank_device(args, r).split(":")[1]) for r in local_ranks(args)]
+        custom = CustomAllReduce.create(rank, args.tp_size, cpu, torch.device(device), local)
+    return TPGroup(rank, args.tp_size, world, cpu, custom)
 
 
 def group_active() -> bool:

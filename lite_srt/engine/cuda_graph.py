@@ -4,6 +4,10 @@ Eager decode launches hundreds of small kernels per step, each costing ~10 us of
 ~1 us per node. Batches are padded up to the next captured size; padded rows read and write only the pool's
 dummy slot, through a table row reserved for them.
 
+Under tensor parallelism the graphs hold the model up to the final norm, with every all-reduce going through the
+custom all-reduce (an ordinary kernel); the LM head and its NCCL all-gather of the vocabulary run eagerly after
+the replay (`with_logits=False`).
+
 Ownership: built on the event-loop thread at startup (before serving), then used only by the forward thread.
 """
 
@@ -73,9 +77,16 @@ class GraphInputs:
 
 class CudaGraphRunner:
     def __init__(
-        self, model: torch.nn.Module, pool: KVPool, req_to_token: torch.Tensor, dummy_row: int, max_bs: int
+        self,
+        model: torch.nn.Module,
+        pool: KVPool,
+        req_to_token: torch.Tensor,
+        dummy_row: int,
+        max_bs: int,
+        with_logits: bool = True,
     ) -> None:
         self.model, self.pool, self.req_to_token = model, pool, req_to_token
+        self.with_logits = with_logits
         self.dummy_slot, self.dummy_row = pool.dummy_slot, dummy_row
         self.sizes = capture_batch_sizes(max_bs)
         self.max_bs = self.sizes[-1]
@@ -94,10 +105,10 @@ class CudaGraphRunner:
             for bs in reversed(self.sizes):  # largest first: smaller graphs reuse its memory pool
                 fb = self.inputs.batch(bs, self.req_to_token)
                 for _ in range(2):  # warm-up: lazy initialisation must not happen inside capture
-                    self.model(fb, self.pool)
+                    self._forward(fb)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=mem_pool, stream=stream):
-                    self.outputs[bs] = self.model(fb, self.pool)
+                    self.outputs[bs] = self._forward(fb)
                 self.graphs[bs] = graph
         torch.cuda.current_stream().wait_stream(stream)
         torch.cuda.synchronize()
@@ -107,6 +118,9 @@ class CudaGraphRunner:
             self.max_bs,
             time.perf_counter() - t0,
         )
+
+    def _forward(self, fb: ForwardBatch) -> torch.Tensor:
+        return self.model(fb, self.pool) if self.with_logits else self.model.final_hidden(fb, self.pool)
 
     def can_run(self, fb: ForwardBatch) -> bool:
         return fb.mode is ForwardMode.DECODE and 0 < fb.batch_size <= self.max_bs and bool(self.graphs)
@@ -126,4 +140,5 @@ class CudaGraphRunner:
             inp.seq_lens[bs:padded].fill_(1)
             inp.positions[bs:padded].zero_()
         self.graphs[padded].replay()
-        return self.outputs[padded][:bs]
+        out = self.outputs[padded][:bs]
+        return out if self.with_logits else self.model.compute_logits(out)

@@ -166,16 +166,20 @@ class ModelRunner:
     def _capture_graphs(self) -> CudaGraphRunner | None:
         if self.device.type != "cuda" or self.args.disable_cuda_graph:
             return None
-        if self.tp.size > 1:
-            # Replaying graphs that captured torch.distributed NCCL collectives hung on 2 H200s (eager decode at
-            # tp 2 is token-exact); until a capture-safe all-reduce exists, tensor-parallel decode runs eagerly.
-            logger.warning("CUDA graphs are off at tp %d: decode runs eagerly", self.tp.size)
+        if not self.tp.graph_safe:
+            # Replaying graphs that captured torch.distributed NCCL collectives hung on 2 H200s; without the
+            # custom all-reduce (several machines, no peer access, or turned off) decode runs eagerly.
+            logger.warning("CUDA graphs are off at tp %d without the custom all-reduce", self.tp.size)
             return None
         dummy_row = self.table.alloc()  # padded graph rows read through it; never handed to a request
         assert dummy_row is not None
-        max_bs = self.args.cuda_graph_max_bs or _default_graph_max_bs(self.device)
+        max_bs = min(
+            self.args.cuda_graph_max_bs or _default_graph_max_bs(self.device), self.args.max_running_requests
+        )
+        if self.tp.custom_ar is not None:  # every captured all-reduce must fit its buffer
+            max_bs = min(max_bs, self.tp.custom_ar.max_rows(self.cfg.hidden_size, self.dtype))
         runner = CudaGraphRunner(
-            self.model, self.pool, self.table.table, dummy_row, min(max_bs, self.args.max_running_requests)
+            self.model, self.pool, self.table.table, dummy_row, max_bs, with_logits=self.tp.size == 1
         )
         runner.capture()
         return runner

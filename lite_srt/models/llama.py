@@ -143,6 +143,11 @@ class LlamaForCausalLM(nn.Module):
 
     def forward(self, batch: ForwardBatch, pool: KVPool) -> torch.Tensor:
         """Logits (float32) of each request's last token in the batch: [B, vocab]."""
+        return self.compute_logits(self.final_hidden(batch, pool))
+
+    def final_hidden(self, batch: ForwardBatch, pool: KVPool) -> torch.Tensor:
+        """The final-norm hidden state of each request's last token: [B, hidden]. Everything but the LM head,
+        whose vocabulary all-gather is the one collective a tensor-parallel CUDA graph cannot hold."""
         x = self.embed_tokens(batch.input_ids)
         residual: torch.Tensor | None = None
         for layer in self.layers:
@@ -150,6 +155,9 @@ class LlamaForCausalLM(nn.Module):
         idx = batch.logits_indices
         assert residual is not None  # at least one layer ran
         h, _ = self.norm(x[idx], residual[idx])
+        return h
+
+    def compute_logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.lm_head(h).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
