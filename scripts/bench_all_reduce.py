@@ -10,6 +10,9 @@ Then (unless --check-only) it times each size eagerly and inside a CUDA graph (c
 and prints a table last; --json writes the rows.
 
   python scripts/bench_all_reduce.py --nproc 2 [--check-only] [--json all_reduce.json]
+
+--same-gpu puts every rank on GPU 0 (the processes' kernels then take turns on it): a functional check on a
+one-GPU machine; its timings mean nothing.
 """
 
 from __future__ import annotations
@@ -111,7 +114,7 @@ def check(car: CustomAllReduce, rank: int, world: int) -> list[str]:
         if not torch.allclose(small.cpu().float(), want_small.float(), rtol=1e-2, atol=1e-2):
             failures.append(f"graph replay {i}: small all-reduce wrong")
 
-    if world == 2:  # a two-term sum is the same in any order
+    if world == 2 and dist.get_backend() == "nccl":  # a two-term sum is the same in any order
         case += 1
         t = rank_input(rank, case, 4096 * 8, torch.float32).to(dev)
         ref = t.clone()
@@ -157,15 +160,23 @@ def bench(car: CustomAllReduce, sizes: list[int], iters: int) -> list[Row]:
 
 def worker(rank: int, world: int, port: int, a: argparse.Namespace, out: mp.Queue) -> None:
     try:
-        torch.cuda.set_device(rank)
-        dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        gpu = 0 if a.same_gpu else rank
+        torch.cuda.set_device(gpu)
+        # gloo only with --same-gpu: NCCL refuses two ranks on one GPU
+        dist.init_process_group(
+            "gloo" if a.same_gpu else "nccl",
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=world,
+        )
         cpu = dist.new_group(backend="gloo")
-        car = CustomAllReduce.create(rank, world, cpu, torch.device("cuda", rank), list(range(world)))
+        gpus = [0] * world if a.same_gpu else list(range(world))
+        car = CustomAllReduce.create(rank, world, cpu, torch.device("cuda", gpu), gpus)
         if car is None:
             out.put((rank, ["custom all-reduce unavailable (see the log)"], []))
             return
         failures = check(car, rank, world)
-        rows = [] if a.check_only or failures else bench(car, a.sizes, a.iters)
+        rows = [] if a.check_only or a.same_gpu or failures else bench(car, a.sizes, a.iters)
         out.put((rank, failures, [asdict(r) for r in rows]))
         dist.barrier(group=cpu)
         dist.destroy_process_group()
@@ -177,6 +188,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nproc", type=int, default=torch.cuda.device_count())
     p.add_argument("--check-only", action="store_true")
+    p.add_argument("--same-gpu", action="store_true", help="every rank on GPU 0 (functional check only)")
     p.add_argument("--iters", type=int, default=200)
     p.add_argument(
         "--sizes",
@@ -186,8 +198,10 @@ def main() -> int:
     p.add_argument("--json")
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for the ranks (a hang fails)")
     a = p.parse_args()
+    if a.same_gpu:
+        a.nproc = max(a.nproc, 2)
     if a.nproc < 2:
-        print(f"needs at least 2 GPUs, found {a.nproc}")
+        print(f"needs at least 2 GPUs, found {a.nproc} (or pass --same-gpu)")
         return 1
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

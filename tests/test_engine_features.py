@@ -268,7 +268,9 @@ def test_queued_requests_reuse_a_prefix_still_running(engine):
     # The second request may start in the step that runs the first one's last chunk (before that prompt is
     # cached); every request admitted after that step reuses the prefix.
     assert all(o["meta_info"]["cached_tokens"] >= shared for o in outs[2:])
-    alone = [engine.generate(prompt=p, sampling_params={"max_new_tokens": 8, "temperature": 0}) for p in prompts]
+    alone = [
+        engine.generate(prompt=p, sampling_params={"max_new_tokens": 8, "temperature": 0}) for p in prompts
+    ]
     assert [o["output_ids"] for o in outs] == [a["output_ids"] for a in alone]
     _drained(engine)
 

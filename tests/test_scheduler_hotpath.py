@@ -195,3 +195,42 @@ async def test_output_queue_stays_usable_after_a_cancelled_get() -> None:
 
 def _output(i: int) -> RequestOutput:
     return RequestOutput("r", i, "", "", [], None, False, None, 1, 0, 0)
+
+
+async def test_requests_sharing_a_cached_prefix_decode_side_by_side() -> None:
+    """Running requests are kept in KV-slot order, so those sharing a cached prompt prefix are adjacent in every
+    decode batch (the attention kernel then reads the shared KV once per group from DRAM, not once per request).
+    Two prefixes, submitted interleaved."""
+    sched, runner = make_scheduler(overlap=True)
+    orders: list[list[str]] = []
+    step = runner.step
+
+    def recording_step(fb: ForwardBatch, rows: list[int], sb: SamplingBatch | None) -> StepResult:
+        if fb.mode is ForwardMode.DECODE:
+            rid_of = {r.row: r.rid for r in sched.running}
+            orders.append([rid_of[row][0] for row in fb.req_pool_indices.tolist()])
+        return step(fb, rows, sb)
+
+    runner.step = recording_step  # type: ignore[method-assign]
+    task = asyncio.ensure_future(sched.run_forever())
+    prefixes = {"a": [100 + i for i in range(40)], "b": [300 + i for i in range(40)]}
+    groups = []
+    for i in range(3):
+        for name, prefix in prefixes.items():
+            p = SamplingParams(temperature=0.0, max_new_tokens=12, ignore_eos=True)
+            group = RequestGroup(f"{name}{i}", 1)
+            prompt = prefix + [700 + i] * 3
+            req = Req(f"{name}{i}", 0, prompt, p, 1, group, frozenset({EOS}))
+            init_output_state(req, NullTokenizer(VOCAB, None, [EOS]))
+            group.reqs.append(req)
+            sched.add_group(group, None)
+            groups.append(group)
+    await asyncio.gather(*(asyncio.wait_for(collect(g), 30) for g in groups))
+    sched.stop()
+    await task
+    full = [o for o in orders if len(o) == 6]
+    assert full, "no decode step ran all six requests together"
+    for names in full:
+        assert names in (["a"] * 3 + ["b"] * 3, ["b"] * 3 + ["a"] * 3), names
+    # Later requests reused the prefixes from the cache (one may share a prefill step with its first user).
+    assert sum(g.reqs[0].prompt_cached_tokens >= 40 for g in groups) >= 3

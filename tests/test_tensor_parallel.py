@@ -161,7 +161,9 @@ def test_tp2_server_completions_match_tp1(tp2_server: ServerProcess, tp1_outputs
     for prompt, ref in zip(PROMPTS[:3], tp1_outputs):
         ids, text = _native_generate(tp2_server.url, prompt)
         assert ids == ref
-        out = client.completions.create(model="SmolLM2-135M-Instruct.Q4_1", prompt=prompt, max_tokens=24, temperature=0)
+        out = client.completions.create(
+            model="SmolLM2-135M-Instruct.Q4_1", prompt=prompt, max_tokens=24, temperature=0
+        )
         assert out.choices[0].text == text
 
 

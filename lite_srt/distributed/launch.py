@@ -82,11 +82,17 @@ def local_ranks(args: ServerArgs) -> range:
     return range(args.node_rank * per_node, (args.node_rank + 1) * per_node)
 
 
+# LITE_SRT_TP_ONE_GPU=1 puts every rank on GPU 0, with gloo in place of NCCL (which refuses two ranks on one
+# GPU): a way to check the tensor-parallel GPU path (custom all-reduce, CUDA graphs) on a one-GPU machine. The
+# ranks' kernels take turns on the GPU, so it is slow; a correctness check, never a configuration to measure.
+_ONE_GPU = os.environ.get("LITE_SRT_TP_ONE_GPU", "0") == "1"
+
+
 def rank_device(args: ServerArgs, rank: int) -> str:
     device = args.resolved_device
     if not device.startswith("cuda"):
         return device
-    return f"cuda:{rank % (args.tp_size // args.nnodes)}"
+    return "cuda:0" if _ONE_GPU else f"cuda:{rank % (args.tp_size // args.nnodes)}"
 
 
 def init_addr(args: ServerArgs) -> str:
@@ -114,7 +120,7 @@ def join_group(args: ServerArgs, rank: int, addr: str) -> TPGroup:
     device = rank_device(args, rank)
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
-    backend = "nccl" if device.startswith("cuda") else "gloo"
+    backend = "nccl" if device.startswith("cuda") and not _ONE_GPU else "gloo"
     dist.init_process_group(
         backend,
         init_method=f"tcp://{addr}",
@@ -125,7 +131,8 @@ def join_group(args: ServerArgs, rank: int, addr: str) -> TPGroup:
     world = dist.group.WORLD
     cpu = dist.new_group(backend="gloo", timeout=_COLLECTIVE_TIMEOUT) if backend == "nccl" else world
     custom = None
-    if backend == "nccl" and args.nnodes == 1 and not args.disable_custom_all_reduce:  # IPC: one machine only
+    on_gpu = device.startswith("cuda")
+    if on_gpu and args.nnodes == 1 and not args.disable_custom_all_reduce:  # IPC: one machine only
         local = [int(rank_device(args, r).split(":")[1]) for r in local_ranks(args)]
         custom = CustomAllReduce.create(rank, args.tp_size, cpu, torch.device(device), local)
     return TPGroup(rank, args.tp_size, world, cpu, custom)

@@ -70,6 +70,11 @@ class KVManager:
         req.last_slot = int(slots[-1]) if slots.numel() else -1
         return True
 
+    def slots_of(self, req: Req) -> list[int]:
+        """The slots of req's KV positions [0, kv_len) (a host copy of its table row; do not modify)."""
+        assert req.row is not None
+        return self._slots[req.row]
+
     def extend(self, req: Req, n: int) -> torch.Tensor | None:
         """Slots for req's next n positions (evicting cache entries if needed); None if they do not fit."""
         slots = self.allocator.alloc(n, req.last_slot)

@@ -17,6 +17,7 @@ returns a StepResult; it never touches Req objects, the allocator or the prefix 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -351,10 +352,10 @@ class Scheduler:
                 sampled.append(req)
                 if req.state is ReqState.WAITING:  # prefill complete: decodes from the next step on
                     req.state = ReqState.RUNNING
-                    self.running.append(req)
                     if _uses_penalties(req):
                         self.penalized.add(req)
                     self.kv.cache_prompt(req)
+                    self._add_running(req)
         # Decodes: plain-int bookkeeping, no per-request tensor ops (this runs every step for every stream).
         for req, slot in zip(decodes, decode_slots.tolist() if decode_slots is not None else []):
             gather_idx.append(len(positions))
@@ -386,6 +387,13 @@ class Scheduler:
             r.pending += 1
         epochs = [r.epoch for r in sampled]
         return ScheduledBatch(mode, reqs + decodes, sampled, epochs, sample_rows, prefix_done, fb, sampling)
+
+    def _add_running(self, req: Req) -> None:
+        """Running requests stay in lexicographic order of their KV slots (a depth-first walk of the prefix
+        cache), so requests sharing a cached prefix sit side by side in every decode batch. The attention
+        kernel's blocks for them then run together and read the shared prefix's KV from DRAM once and from L2
+        after that, instead of once per request (docs/BENCHMARKS.md, shared-prefix workload)."""
+        bisect.insort(self.running, req, key=self.kv.slots_of)
 
     def _build_decode(self, reqs: list[Req], slots: torch.Tensor) -> ScheduledBatch:
         """A pure decode step: one new position per request, inputs read on the device. The per-step path at
