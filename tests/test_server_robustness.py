@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -267,7 +268,7 @@ async def test_openapi_documents_every_route_and_each_answers(
             doc = await resp.json()
         for path, ops in doc["paths"].items():
             for method, op in ops.items():
-                if method == "post" and path not in ("/flush_cache",):
+                if method == "post" and path not in ("/flush_cache", "/stop_profile"):
                     assert "requestBody" in op, path
                 async with s.request(method.upper(), server.url + path, json={}) as resp:
                     assert resp.status not in (404, 405, 500), (method, path, resp.status)
@@ -286,6 +287,25 @@ async def test_info_health_tokenize_routes(client: AsyncClient) -> None:
     assert await client.detokenize(ids) == "Hello world"
     async with aiohttp.ClientSession(headers=AUTH) as s, s.get(client.base_url + "/health_generate") as resp:
         assert resp.status == 200
+
+
+async def test_profile_traces_the_forward_thread(client: AsyncClient, tmp_path) -> None:
+    async with aiohttp.ClientSession(headers=AUTH) as s:
+        async with s.post(client.base_url + "/stop_profile") as resp:
+            assert resp.status == 400 and "no profile is running" in (await resp.json())["error"]["message"]
+        async with s.post(client.base_url + "/start_profile", json={"output_dir": str(tmp_path)}) as resp:
+            assert resp.status == 200, await resp.text()
+        async with s.post(client.base_url + "/start_profile") as resp:
+            assert resp.status == 400 and "already running" in (await resp.json())["error"]["message"]
+        await client.generate("Profile this", sampling_params={"max_new_tokens": 4})
+        async with s.post(client.base_url + "/stop_profile") as resp:
+            assert resp.status == 200
+            path = (await resp.json())["message"]
+    assert os.path.dirname(path) == str(tmp_path)
+    with open(path) as f:
+        events = json.load(f)["traceEvents"]
+    # the forward thread's model ops are in it (a CPU server: aten ops of the decode steps)
+    assert any(e.get("name", "").startswith("aten::") for e in events)
 
 
 async def test_flush_cache_empties_the_prefix_cache_when_idle(client: AsyncClient) -> None:

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import random
+import tempfile
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from lite_srt.distributed.worker import limit_cpu_threads
 from lite_srt.engine.forward_batch import ForwardBatch
 from lite_srt.engine.io import EngineStats, FinishReason, GenerateRequest, RequestOutput
 from lite_srt.engine.model_runner import ModelRunner, StepResult
+from lite_srt.engine.profiler import ForwardProfiler
 from lite_srt.engine.request import Req, RequestGroup, init_output_state
 from lite_srt.engine.sampler import SamplingBatch
 from lite_srt.engine.scheduler import Scheduler
@@ -109,6 +111,7 @@ class AsyncEngine:
         self.eos_ids = frozenset(self.tokenizer.eos_token_ids) | frozenset(self.model_config.eos_token_ids)
         self._rng = random.Random(args.seed)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="lite-srt-forward")
+        self._profiler = ForwardProfiler()
         self.scheduler: Scheduler | None = None
         self._task: asyncio.Task | None = None
         logger.info(
@@ -284,6 +287,27 @@ class AsyncEngine:
 
     def abort(self, rid: str) -> bool:
         return self.scheduler.abort(rid) if self.scheduler is not None else False
+
+    async def start_profile(self, output_dir: str | None = None) -> str:
+        """Start tracing the forward thread; returns the directory the trace will go to. ValueError if a
+        profile is already running or the directory cannot be created."""
+        self._live_scheduler()
+        if self._profiler.active:
+            raise ValueError("a profile is already running; stop it first (POST /stop_profile)")
+        out = output_dir or os.environ.get("LITE_SRT_PROFILE_DIR") or tempfile.gettempdir()
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"cannot create the profile directory {out!r}: {e.strerror}") from e
+        cuda = self.runner.device.type == "cuda"
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._profiler.start, out, cuda)
+        return out
+
+    async def stop_profile(self) -> str:
+        """Stop tracing and write the trace; returns its path. ValueError if no profile is running."""
+        if not self._profiler.active:
+            raise ValueError("no profile is running; start one first (POST /start_profile)")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._profiler.stop)
 
     def _live_scheduler(self) -> Scheduler:
         if self._dead is not None:

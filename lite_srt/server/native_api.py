@@ -1,4 +1,5 @@
-"""Native routes: /generate (as Engine.generate, over HTTP), health, model/server info, flush_cache, abort_request.
+"""Native routes: /generate (as Engine.generate, over HTTP), health, model/server info, flush_cache, abort_request,
+start_profile / stop_profile.
 
 `/generate` takes engine-native sampling parameter names (SamplingParams fields) and returns what the offline
 Engine returns: `{"text", "output_ids", "meta_info"}` per sample. Event-loop only.
@@ -19,7 +20,7 @@ from lite_srt.sampling_params import SamplingParams
 from lite_srt.server.common import ServerState, SSEWriter, off_loop, read_json, state_of
 from lite_srt.server.errors import ApiError, bad_request, json_response
 from lite_srt.server.openai_api import MAX_CHOICES
-from lite_srt.server.protocol import AbortRequest, GenerateReqInput, SuccessResponse
+from lite_srt.server.protocol import AbortRequest, GenerateReqInput, ProfileRequest, SuccessResponse
 from lite_srt.server.streams import RequestGroup
 
 _HEALTH_GENERATE_TIMEOUT_S = 60.0
@@ -237,6 +238,26 @@ async def abort_request(request: web.Request) -> web.Response:
     )
 
 
+async def start_profile(request: web.Request) -> web.Response:
+    """Start a torch.profiler trace of the forward thread (body optional: {"output_dir": ...})."""
+    st = state_of(request)
+    body = await read_json(request, ProfileRequest) if request.can_read_body else ProfileRequest()
+    try:
+        out = await st.engine.start_profile(body.output_dir)
+    except ValueError as e:
+        raise bad_request(str(e), code="profile_state") from e
+    return json_response(SuccessResponse(success=True, message=f"profiling; the trace goes to {out}"))
+
+
+async def stop_profile(request: web.Request) -> web.Response:
+    st = state_of(request)
+    try:
+        path = await st.engine.stop_profile()
+    except ValueError as e:
+        raise bad_request(str(e), code="profile_state") from e
+    return json_response(SuccessResponse(success=True, message=path))
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/generate", generate)
     app.router.add_get("/health", health)
@@ -245,3 +266,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/get_server_info", get_server_info)
     app.router.add_post("/flush_cache", flush_cache)
     app.router.add_post("/abort_request", abort_request)
+    app.router.add_post("/start_profile", start_profile)
+    app.router.add_post("/stop_profile", stop_profile)

@@ -65,6 +65,16 @@ ROUTES: tuple[RouteDoc, ...] = (
         "POST", "/flush_cache", "Empty the prefix cache (409 while requests run)", None, p.SuccessResponse
     ),
     RouteDoc("POST", "/abort_request", "Abort a live request by rid", p.AbortRequest, p.SuccessResponse),
+    RouteDoc(
+        "POST",
+        "/start_profile",
+        "Start a torch.profiler trace of the forward thread (body optional)",
+        p.ProfileRequest,
+        p.SuccessResponse,
+    ),
+    RouteDoc(
+        "POST", "/stop_profile", "Stop the trace; message: the trace file's path", None, p.SuccessResponse
+    ),
     RouteDoc("GET", "/metrics", "Prometheus text format"),
     RouteDoc("GET", "/openapi.json", "This document"),
 )

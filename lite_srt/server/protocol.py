@@ -291,6 +291,10 @@ class AbortRequest(_Req, kw_only=True):
     rid: str
 
 
+class ProfileRequest(_Req, kw_only=True):
+    output_dir: str | None = None  # default: $LITE_SRT_PROFILE_DIR, else the system temp directory
+
+
 class SuccessResponse(_Resp, kw_only=True):
     success: bool
     message: str = ""
