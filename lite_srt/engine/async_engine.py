@@ -1,6 +1,8 @@
 """AsyncEngine: the engine as it lives on one asyncio event loop (the HTTP server's, or the offline Engine's).
 
-It owns the tokenizer, the model runner and its forward thread, and the scheduler coroutine. `generate()`
+It owns the tokenizer, the model runner with its forward thread (which launches steps) and wait thread (which
+waits for each step's sampled tokens, so the next step is launched before this one ends), and the scheduler
+coroutine. `generate()`
 validates a request synchronously (raising a LiteSrtError the caller can map to HTTP 4xx/5xx), queues it and
 returns a RequestStream of RequestOutputs.
 
@@ -111,6 +113,9 @@ class AsyncEngine:
         self.eos_ids = frozenset(self.tokenizer.eos_token_ids) | frozenset(self.model_config.eos_token_ids)
         self._rng = random.Random(args.seed)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="lite-srt-forward")
+        self._waiter = ThreadPoolExecutor(
+            1, thread_name_prefix="lite-srt-step-wait"
+        )  # results in launch order
         self._profiler = ForwardProfiler()
         self.scheduler: Scheduler | None = None
         self._task: asyncio.Task | None = None
@@ -179,8 +184,11 @@ class AsyncEngine:
         self._loop = loop
 
         async def run_step(fb: ForwardBatch, rows: list[int], sb: SamplingBatch | None) -> StepResult:
+            # The forward thread only launches; another thread waits for the tokens, so the forward thread is
+            # free to launch the next step (already built by the overlap scheduler) while this one runs.
             writes = self.runner.take_table_writes()
-            return await loop.run_in_executor(self._executor, self.runner.step, fb, rows, sb, writes)
+            pending = await loop.run_in_executor(self._executor, self.runner.launch, fb, rows, sb, writes)
+            return await loop.run_in_executor(self._waiter, pending.result)
 
         self.scheduler = Scheduler(
             self.args, self.runner, run_step, self.context_length, self.model_config.vocab_size
@@ -208,6 +216,7 @@ class AsyncEngine:
             # after the last step on the same thread, so the workers see stop only once they ran everything
             await asyncio.get_running_loop().run_in_executor(self._executor, send_stop, self.runner.tp)
         self._executor.shutdown(wait=self._dead is None)  # a dead rank may hold the forward thread forever
+        self._waiter.shutdown(wait=self._dead is None)
         if self.workers is not None:
             self.workers.stop()
             if self._dead is None:

@@ -1,7 +1,8 @@
 """ModelRunner: loads the model, owns the KV pool buffers and the req->token table, runs forward + sample.
 
-Ownership: constructed on the event-loop thread; afterwards `step()` runs only on the forward thread (the GPU
-thread on a GPU machine), one batch at a time. Under tensor parallelism every rank has a runner holding its
+Ownership: constructed on the event-loop thread; afterwards `launch()` (and `step()`) run only on the forward
+thread (the GPU thread on a GPU machine), one batch at a time. A launched step's `PendingStep.result()` runs on
+the engine's wait thread and touches only that step's host copies. Under tensor parallelism every rank has a runner holding its
 shard: rank 0's `step()` first sends the step to the workers (step_sync), which run `follow()` in lockstep,
 and after sampling broadcasts the sampled tokens so every rank's token table stays the same. The scheduler (event loop) owns all bookkeeping (allocator, prefix
 cache, table rows); the forward thread touches only the tensors of the batch it was handed and the contents of
@@ -22,7 +23,7 @@ from lite_srt.distributed.group import TPGroup
 from lite_srt.distributed.step_sync import TableWrites, send_step
 from lite_srt.engine.cuda_graph import CudaGraphRunner
 from lite_srt.engine.forward_batch import ForwardBatch, ForwardMode
-from lite_srt.engine.sampler import SamplingBatch, sample
+from lite_srt.engine.sampler import SampleOutput, SamplingBatch, sample
 from lite_srt.loader import iter_weight_sources, resolve_load_format
 from lite_srt.loader.model_config import ModelConfig
 from lite_srt.mem.kv_pool import KVPool
@@ -38,6 +39,14 @@ _CPU_KV_BYTES = 2 << 30
 _GPU_MEM_FRACTION = 0.85
 
 
+def _to_host(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A host copy of t that may still be in flight (pinned memory, non-blocking) when t is on a GPU."""
+    if t is None or t.device.type == "cpu":
+        return t
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    return host.copy_(t, non_blocking=True)
+
+
 @dataclass
 class StepResult:
     """What one forward step returns to the scheduler, already on the CPU."""
@@ -47,6 +56,31 @@ class StepResult:
     top_logprob_ids: list[list[int]] | None
     top_logprob_vals: list[list[float]] | None
     forward_s: float
+
+
+@dataclass
+class PendingStep:
+    """A launched step: its sampled outputs in host memory, valid once `event` (None on the CPU) completes."""
+
+    out: SampleOutput | None
+    event: torch.cuda.Event | None
+    t0: float
+
+    def result(self) -> StepResult:
+        """Wait for the step (releasing the GIL while the GPU works) and return its outputs as lists."""
+        if self.event is not None:
+            self.event.synchronize()
+        forward_s = time.perf_counter() - self.t0
+        out = self.out
+        if out is None:
+            return StepResult([], None, None, None, forward_s)
+        return StepResult(
+            next_token_ids=out.next_token_ids.tolist(),
+            logprobs=out.logprobs.tolist() if out.logprobs is not None else None,
+            top_logprob_ids=out.top_logprob_ids.tolist() if out.top_logprob_ids is not None else None,
+            top_logprob_vals=out.top_logprob_vals.tolist() if out.top_logprob_vals is not None else None,
+            forward_s=forward_s,
+        )
 
 
 def resolve_dtype(args: ServerArgs, cfg: ModelConfig, device: str) -> torch.dtype:
@@ -213,7 +247,6 @@ class ModelRunner:
     def num_kv_heads(self) -> int:
         return self.model.num_local_kv_heads
 
-    @torch.inference_mode()
     def step(
         self,
         batch: ForwardBatch,
@@ -221,9 +254,24 @@ class ModelRunner:
         sampling: SamplingBatch | None,
         writes: TableWrites | None = None,
     ) -> StepResult:
-        """Forward the batch and sample the rows in `sample_rows` (indices into the batch's requests).
+        """Forward the batch and sample the rows in `sample_rows` (indices into the batch's requests), waiting
+        for the sampled tokens. `launch` + `PendingStep.result` in one call.
 
         `writes`: the table writes since the previous step, for tensor-parallel workers (rank 0 only)."""
+        return self.launch(batch, sample_rows, sampling, writes).result()
+
+    @torch.inference_mode()
+    def launch(
+        self,
+        batch: ForwardBatch,
+        sample_rows: list[int],
+        sampling: SamplingBatch | None,
+        writes: TableWrites | None = None,
+    ) -> PendingStep:
+        """Enqueue the step's forward and sampling on the GPU and return without waiting for them. The sampled
+        tokens land in the device token table (the next decode reads them there) and are copied to pinned host
+        memory behind a CUDA event. The forward thread can therefore launch the next step while this one runs,
+        so the GPU never waits for the CPU between steps; `PendingStep.result` (on another thread) waits."""
         t0 = time.perf_counter()
         if sampling is None:
             sample_rows = []
@@ -231,19 +279,23 @@ class ModelRunner:
             send_step(self.tp, batch, sample_rows, writes or TableWrites.empty())
         logits = self._forward(batch)
         if not sample_rows or sampling is None:
-            return StepResult([], None, None, None, time.perf_counter() - t0)
+            return PendingStep(None, None, t0)
         idx = torch.tensor(sample_rows, device=self.device)
         if len(sample_rows) != logits.shape[0]:
             logits = logits[idx]
         out = sample(logits, sampling)
         self.next_tokens[batch.req_pool_indices[idx]] = self.tp.broadcast(out.next_token_ids)
-        return StepResult(
-            next_token_ids=out.next_token_ids.tolist(),
-            logprobs=out.logprobs.tolist() if out.logprobs is not None else None,
-            top_logprob_ids=out.top_logprob_ids.tolist() if out.top_logprob_ids is not None else None,
-            top_logprob_vals=out.top_logprob_vals.tolist() if out.top_logprob_vals is not None else None,
-            forward_s=time.perf_counter() - t0,
+        host = SampleOutput(
+            _to_host(out.next_token_ids),  # type: ignore[arg-type]
+            _to_host(out.logprobs),
+            _to_host(out.top_logprob_ids),
+            _to_host(out.top_logprob_vals),
         )
+        event = None
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        return PendingStep(host, event, t0)
 
     @torch.inference_mode()
     def follow(self, batch: ForwardBatch, sample_rows: list[int], writes: TableWrites) -> None:
