@@ -101,7 +101,7 @@ class ForwardBatch:
         start = torch.cumsum(extend_lens, 0) - extend_lens
         return cls(
             mode=mode,
-            input_ids=None if input_ids is None else input_ids.to(device),
+            input_ids=None if input_ids is None else input_ids.to(device, non_blocking=True),
             positions=positions.to(device, non_blocking=True),
             out_cache_loc=out_cache_loc.contiguous().to(device, non_blocking=True),
             req_pool_indices=req_pool_indices.to(device, non_blocking=True),
@@ -119,7 +119,8 @@ class ForwardBatch:
         """Mixed batches: input_ids[idx[i]] is read on the device from the token table's row rows[i]."""
         idx_t = idx if isinstance(idx, torch.Tensor) else _int64(idx)
         rows_t = rows if isinstance(rows, torch.Tensor) else _int64(rows)
-        self.gather_idx, self.gather_rows = idx_t.to(device), rows_t.to(device)
+        self.gather_idx = idx_t.to(device, non_blocking=True)
+        self.gather_rows = rows_t.to(device, non_blocking=True)
         if self.host is not None:
             self.host.gather_idx, self.host.gather_rows = idx_t, rows_t
 

@@ -280,7 +280,9 @@ class ModelRunner:
         logits = self._forward(batch)
         if not sample_rows or sampling is None:
             return PendingStep(None, None, t0)
-        idx = torch.tensor(sample_rows, device=self.device)
+        idx = torch.tensor(sample_rows).to(
+            self.device, non_blocking=True
+        )  # blocking would wait for the stream
         if len(sample_rows) != logits.shape[0]:
             logits = logits[idx]
         out = sample(logits, sampling)
@@ -303,7 +305,7 @@ class ModelRunner:
         self.table.apply(writes.rows, writes.cols, writes.slots)
         self._forward(batch)
         if sample_rows:
-            idx = torch.tensor(sample_rows, device=self.device)
+            idx = torch.tensor(sample_rows).to(self.device, non_blocking=True)
             tokens = self.tp.broadcast(torch.empty(len(sample_rows), dtype=torch.int64, device=self.device))
             self.next_tokens[batch.req_pool_indices[idx]] = tokens
 

@@ -57,7 +57,10 @@ class ReqToTokenTable:
             )
             rows, cols, slots = rows[last], cols[last], slots[last]
         dev = self.device
-        self.table[rows.to(dev), cols.to(dev)] = slots.to(device=dev, dtype=torch.int32)
+        # non_blocking: a blocking host->device copy waits for the whole stream, i.e. for the step in flight
+        self.table[rows.to(dev, non_blocking=True), cols.to(dev, non_blocking=True)] = slots.to(
+            device=dev, dtype=torch.int32, non_blocking=True
+        )
 
     @property
     def available(self) -> int:
@@ -81,7 +84,7 @@ class ReqToTokenTable:
         self._check_row(row, "write")
         end = start + slots.numel()
         self._check_range(start, end, "write")
-        self.table[row, start:end] = slots.to(device=self.device, dtype=torch.int32)
+        self.table[row, start:end] = slots.to(device=self.device, dtype=torch.int32, non_blocking=True)
         if self._journal is not None:
             n = end - start
             cols = torch.arange(start, end, dtype=torch.int64)
