@@ -194,6 +194,14 @@ class AsyncClient:
             raise
         return True
 
+    async def start_profile(self, output_dir: str | None = None) -> None:
+        """Start a torch.profiler trace of the server's forward thread (APIError 400 if one is running)."""
+        await self._request("POST", "/start_profile", {"output_dir": output_dir} if output_dir else None)
+
+    async def stop_profile(self) -> str:
+        """Stop the trace; returns the path of the Chrome trace the server wrote."""
+        return msgspec.json.decode(await self._request("POST", "/stop_profile"))["message"]
+
     # -- OpenAI-compatible API ---------------------------------------------------------------------------
     async def chat(
         self, messages: list[dict[str, Any]], *, model: str | None = None, **params: Any

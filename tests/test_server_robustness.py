@@ -298,9 +298,7 @@ async def test_profile_traces_the_forward_thread(client: AsyncClient, tmp_path) 
         async with s.post(client.base_url + "/start_profile") as resp:
             assert resp.status == 400 and "already running" in (await resp.json())["error"]["message"]
         await client.generate("Profile this", sampling_params={"max_new_tokens": 4})
-        async with s.post(client.base_url + "/stop_profile") as resp:
-            assert resp.status == 200
-            path = (await resp.json())["message"]
+        path = await client.stop_profile()
     assert os.path.dirname(path) == str(tmp_path)
     with open(path) as f:
         events = json.load(f)["traceEvents"]
