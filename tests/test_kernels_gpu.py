@@ -165,6 +165,44 @@ def test_rope_cuda_matches_reference(dtype, is_neox, hq, hkv, d) -> None:
 
 
 @pytest.mark.parametrize("dtype", HALF_TYPES)
+@pytest.mark.parametrize("decode", [True, False], ids=["decode", "extend"])
+def test_attention_and_store_take_strided_qkv_views(dtype, decode) -> None:
+    """The model hands q/k/v as views of one qkv projection output (row stride (hq + 2 hkv) * d), without a
+    contiguous copy: store and attention must read through the strides."""
+    hq, hkv, d = 32, 8, 128
+    seq_lens = [300, 17, 1025] if decode else [400, 90]
+    ext = [1] * len(seq_lens) if decode else [50, 90]
+    t = sum(ext)
+    s = sum(seq_lens) + 3
+    k_cache = torch.randn(s, hkv, d, device=DEV, dtype=dtype)
+    v_cache = torch.randn(s, hkv, d, device=DEV, dtype=dtype)
+    table, rows = make_table(seq_lens, s)
+    qkv = torch.randn(t, (hq + 2 * hkv) * d, device=DEV, dtype=dtype)
+    q, k, v = (x.view(t, -1, d) for x in qkv.split([hq * d, hkv * d, hkv * d], dim=-1))
+    assert not q.is_contiguous()
+    # the new tokens' slots: the last `ext` positions of each request
+    new_slots = torch.cat(
+        [table[r, n - e : n].long() for r, n, e in zip(rows.tolist(), seq_lens, ext, strict=True)]
+    )
+    _C.store_kv_cuda(k_cache, v_cache, new_slots, k, v)
+    assert torch.equal(k_cache[new_slots], k.contiguous()) and torch.equal(v_cache[new_slots], v.contiguous())
+    lens = torch.tensor(seq_lens, device=DEV)
+    scale = 1 / math.sqrt(d)
+    out = torch.full((t, hq, d), float("nan"), device=DEV, dtype=dtype)
+    if decode:
+        _C.decode_attention_cuda(out, q, k_cache, v_cache, table, rows, lens, scale)
+        expected = ref.decode_attention(q.float(), k_cache.float(), v_cache.float(), table, rows, lens, scale)
+    else:
+        ext_t = torch.tensor(ext, device=DEV, dtype=torch.int32)
+        starts = torch.tensor([0, *torch.tensor(ext).cumsum(0)[:-1].tolist()], device=DEV)
+        _C.extend_attention_cuda(out, q, k_cache, v_cache, table, rows, lens, ext_t, starts, scale)
+        expected = ref.extend_attention(
+            q.float(), k_cache.float(), v_cache.float(), table, rows, lens, ext_t, starts, scale
+        )
+    assert_close_rel(out, expected)
+
+
+@pytest.mark.parametrize("dtype", HALF_TYPES)
 def test_store_kv_cuda_writes_slots_and_skips_padding(dtype) -> None:
     s, t, hkv, d = 4096, 300, 8, 128
     k_cache = torch.full((s, hkv, d), float("nan"), device=DEV, dtype=dtype)
