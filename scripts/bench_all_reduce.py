@@ -61,7 +61,7 @@ def check(car: CustomAllReduce, rank: int, world: int) -> list[str]:
     case = 0
     sizes_bytes = [16, 2304, 8192, 3 * 4096 * 2, 64 * 4096 * 2, cap]
     for dtype in DTYPES:
-        es = torch.empty((), dtype=dtype).element_size()
+        es = dtype.itemsize
         for nbytes in sizes_bytes:
             case += 1
             numel = nbytes // es
@@ -76,7 +76,7 @@ def check(car: CustomAllReduce, rank: int, world: int) -> list[str]:
     for i in range(300):
         case += 1
         dtype = DTYPES[i % 3]
-        es = torch.empty((), dtype=dtype).element_size()
+        es = dtype.itemsize
         numel = [16, 4096, 256 * 1024, cap][i % 4] // es
         t = rank_input(rank, case, numel, dtype).to(dev)
         torch.cuda._sleep(int(torch.randint(0, 200_000, (1,), generator=gen)))

@@ -101,4 +101,4 @@ class CustomAllReduce:
 
     def max_rows(self, width: int, dtype: torch.dtype) -> int:
         """The most rows of `width` elements one call takes (caps the CUDA-graph batch size)."""
-        return self.capacity // (width * torch.empty((), dtype=dtype).element_size())
+        return self.capacity // (width * dtype.itemsize)

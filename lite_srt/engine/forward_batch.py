@@ -14,6 +14,12 @@ import numpy as np
 import torch
 
 
+def list_to_device(values: list, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """A host list as a device tensor without waiting: torch.tensor(..., device=cuda) copies with a stream sync,
+    which would wait for the step in flight (the next step is built, and launched, while it runs)."""
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+
 class ForwardMode(enum.Enum):
     EXTEND = "extend"  # prefill (possibly a chunk, possibly with a cached prefix)
     DECODE = "decode"  # one new token per request

@@ -2,11 +2,12 @@
 
 Ownership: constructed on the event-loop thread; afterwards `launch()` (and `step()`) run only on the forward
 thread (the GPU thread on a GPU machine), one batch at a time. A launched step's `PendingStep.result()` runs on
-the engine's wait thread and touches only that step's host copies. Under tensor parallelism every rank has a runner holding its
-shard: rank 0's `step()` first sends the step to the workers (step_sync), which run `follow()` in lockstep,
-and after sampling broadcasts the sampled tokens so every rank's token table stays the same. The scheduler (event loop) owns all bookkeeping (allocator, prefix
-cache, table rows); the forward thread touches only the tensors of the batch it was handed and the contents of
-the KV buffers and table rows that batch names.
+the engine's wait thread and touches only that step's host copies. Under tensor parallelism every rank has a
+runner holding its shard: rank 0's `launch()` first sends the step to the workers (step_sync), which run
+`follow()` in lockstep, and after sampling broadcasts the sampled tokens so every rank's token table stays the
+same. The scheduler (event loop) owns all bookkeeping (allocator, prefix cache, table rows); the forward thread
+touches only the tensors of the batch it was handed and the contents of the KV buffers and table rows that batch
+names.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from lite_srt.config import ServerArgs
 from lite_srt.distributed.group import TPGroup
 from lite_srt.distributed.step_sync import TableWrites, send_step
 from lite_srt.engine.cuda_graph import CudaGraphRunner
-from lite_srt.engine.forward_batch import ForwardBatch, ForwardMode
+from lite_srt.engine.forward_batch import ForwardBatch, ForwardMode, list_to_device
 from lite_srt.engine.sampler import SampleOutput, SamplingBatch, sample
 from lite_srt.loader import iter_weight_sources, resolve_load_format
 from lite_srt.loader.model_config import ModelConfig
@@ -280,9 +281,7 @@ class ModelRunner:
         logits = self._forward(batch)
         if not sample_rows or sampling is None:
             return PendingStep(None, None, t0)
-        idx = torch.tensor(sample_rows).to(
-            self.device, non_blocking=True
-        )  # blocking would wait for the stream
+        idx = list_to_device(sample_rows, torch.int64, self.device)
         if len(sample_rows) != logits.shape[0]:
             logits = logits[idx]
         out = sample(logits, sampling)
@@ -305,7 +304,7 @@ class ModelRunner:
         self.table.apply(writes.rows, writes.cols, writes.slots)
         self._forward(batch)
         if sample_rows:
-            idx = torch.tensor(sample_rows).to(self.device, non_blocking=True)
+            idx = list_to_device(sample_rows, torch.int64, self.device)
             tokens = self.tp.broadcast(torch.empty(len(sample_rows), dtype=torch.int64, device=self.device))
             self.next_tokens[batch.req_pool_indices[idx]] = tokens
 

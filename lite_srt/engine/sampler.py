@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lite_srt.engine.forward_batch import list_to_device
 from lite_srt.sampling_params import SamplingParams
 
 # Temperatures below this are treated as greedy: dividing logits by them overflows float32 and the result
@@ -38,12 +39,6 @@ _MIN_TEMPERATURE = 1e-5
 _NEVER = 1 << 62
 _MASK32 = 0xFFFFFFFF
 _GOLDEN32 = 0x9E3779B9  # odd, so token_index -> token_index * _GOLDEN32 (mod 2^32) is a bijection
-
-
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on `device` without waiting: torch.tensor(..., device=cuda) copies with a stream sync, which
-    would wait for the step in flight (the scheduler builds the next step's sampling batch meanwhile)."""
-    return t.to(device, non_blocking=True)
 
 
 @dataclass
@@ -122,7 +117,7 @@ class SamplingBatch:
             all_greedy=all(greedy),
             stochastic=_build_stochastic(rows, greedy, vocab_size, device),
             penalties=_build_penalties(rows, vocab_size, device),
-            banned=_to_device(torch.tensor(banned, dtype=torch.int64), device) if banned else None,
+            banned=list_to_device(banned, torch.int64, device) if banned else None,
             return_logprobs=top_logprobs > 0 or any(r.params.logprobs for r in rows),
             top_logprobs=top_logprobs,
         )
@@ -167,7 +162,7 @@ def _build_stochastic(
     top_ks = [_top_k_or_vocab(p, vocab_size) for p in params]
 
     def column(values: list, dtype: torch.dtype) -> torch.Tensor:
-        return _to_device(torch.tensor(values, dtype=dtype), device).unsqueeze(1)
+        return list_to_device(values, dtype, device).unsqueeze(1)
 
     # Python ints are unbounded; the hash works on two 32-bit halves of the seed taken modulo 2^64.
     seeds = [rows[i].seed % (1 << 64) for i in picked]
@@ -176,7 +171,7 @@ def _build_stochastic(
     steps = column([rows[i].step & _MASK32 for i in picked], torch.int64)
     largest_k = max(top_ks)
     return _StochasticRows(
-        rows=_to_device(torch.tensor(picked, dtype=torch.int64), device),
+        rows=list_to_device(picked, torch.int64, device),
         temperatures=column([p.temperature for p in params], torch.float32),
         top_ks=column(top_ks, torch.int64),
         top_ps=column([p.top_p for p in params], torch.float32),
@@ -207,10 +202,10 @@ def _build_penalties(rows: Sequence[SamplerRow], vocab_size: int, device: torch.
         seen = (_count_tokens(prompts, vocab_size, device) + output_counts) > 0
 
     def column(values: list[float]) -> torch.Tensor:
-        return _to_device(torch.tensor(values, dtype=torch.float32), device).unsqueeze(1)
+        return list_to_device(values, torch.float32, device).unsqueeze(1)
 
     return _Penalties(
-        rows=_to_device(torch.tensor(picked, dtype=torch.int64), device),
+        rows=list_to_device(picked, torch.int64, device),
         repetition=column([p.repetition_penalty for p in params]),
         frequency=column([p.frequency_penalty for p in params]),
         presence=column([p.presence_penalty for p in params]),
@@ -234,12 +229,10 @@ def _count_tokens(id_lists: Sequence[Sequence[int]], vocab_size: int, device: to
     lengths = [len(ids) for ids in id_lists]
     if sum(lengths) == 0:
         return counts.view(n, vocab_size)
-    tokens = _to_device(
-        torch.tensor(list(itertools.chain.from_iterable(id_lists)), dtype=torch.int64), device
-    )
+    tokens = list_to_device(list(itertools.chain.from_iterable(id_lists)), torch.int64, device)
     row_of = torch.repeat_interleave(
         torch.arange(n, device=device),
-        _to_device(torch.tensor(lengths, dtype=torch.int64), device),
+        list_to_device(lengths, torch.int64, device),
         output_size=len(tokens),
     )
     valid = (tokens >= 0) & (tokens < vocab_size)
