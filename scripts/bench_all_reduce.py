@@ -29,6 +29,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lite_srt.distributed.custom_all_reduce import CustomAllReduce
+from lite_srt.distributed.group import TPGroup
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -171,7 +172,7 @@ def worker(rank: int, world: int, port: int, a: argparse.Namespace, out: mp.Queu
         )
         cpu = dist.new_group(backend="gloo")
         gpus = [0] * world if a.same_gpu else list(range(world))
-        car = CustomAllReduce.create(rank, world, cpu, torch.device("cuda", gpu), gpus)
+        car = CustomAllReduce.create(TPGroup(rank, world, None, cpu), torch.device("cuda", gpu), gpus)
         if car is None:
             out.put((rank, ["custom all-reduce unavailable (see the log)"], []))
             return

@@ -13,6 +13,7 @@ from lite_srt.distributed.group import TPGroup
 
 def test_cpu_ranks_do_not_use_it() -> None:
     assert unusable_reason(torch.device("cpu"), [0, 1]) == "not on a GPU"
+    assert CustomAllReduce.create(TPGroup.single(), torch.device("cpu"), [0, 1]) is None
 
 
 def test_graph_safe_needs_the_custom_all_reduce_above_one_rank() -> None:

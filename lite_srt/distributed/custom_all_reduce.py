@@ -16,9 +16,13 @@ thread that runs the model.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:  # group.py imports this module
+    from lite_srt.distributed.group import TPGroup
 
 logger = logging.getLogger(__name__)
 
@@ -49,39 +53,31 @@ def unusable_reason(device: torch.device, local_devices: list[int]) -> str | Non
 
 
 class CustomAllReduce:
-    def __init__(self, rank: int, size: int, cpu_group: dist.ProcessGroup, capacity: int) -> None:
+    def __init__(self, tp: TPGroup, capacity: int) -> None:
         assert _C is not None
-        self.rank, self.size, self.capacity = rank, size, capacity
+        self.rank, self.capacity = tp.rank, capacity
         self._own = _C.ar_alloc_cuda(_C.ar_header_bytes + 2 * capacity)
-        handles: list[bytes | None] = [None] * size
-        dist.all_gather_object(handles, _C.ar_ipc_handle_cuda(self._own), group=cpu_group)
+        handles: list[bytes | None] = [None] * tp.size
+        dist.all_gather_object(handles, _C.ar_ipc_handle_cuda(self._own), group=tp.cpu_group)
         self.buffers = [
-            self._own if r == rank else _C.ar_ipc_open_cuda(h)
+            self._own if r == tp.rank else _C.ar_ipc_open_cuda(h)
             for r, h in enumerate(handles)  # type: ignore[arg-type]
         ]
 
     @classmethod
     def create(
-        cls,
-        rank: int,
-        size: int,
-        cpu_group: dist.ProcessGroup,
-        device: torch.device,
-        local_devices: list[int],
-        capacity: int = DEFAULT_CAPACITY,
+        cls, tp: TPGroup, device: torch.device, local_devices: list[int], capacity: int = DEFAULT_CAPACITY
     ) -> CustomAllReduce | None:
-        """Collective over cpu_group: a CustomAllReduce on every rank, or None on every rank if any rank cannot
-        use it (the reason is logged)."""
+        """Collective over tp's CPU group: a CustomAllReduce on every rank, or None on every rank if any rank
+        cannot use it (the reason is logged)."""
         reason = unusable_reason(device, local_devices)
-        ok = torch.tensor([0 if reason else 1], dtype=torch.int64)
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN, group=cpu_group)
-        if not ok.item():
+        if not tp.min_int(0 if reason else 1):
             logger.warning(
                 "custom all-reduce off (%s): NCCL sums every tensor and CUDA graphs stay off",
                 reason or "another rank cannot use it",
             )
             return None
-        return cls(rank, size, cpu_group, capacity)
+        return cls(tp, capacity)
 
     def fits(self, t: torch.Tensor) -> bool:
         nbytes = t.numel() * t.element_size()

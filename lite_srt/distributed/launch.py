@@ -13,6 +13,7 @@ away (they poll their parent) or when a collective with it fails. Nothing waits 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing as mp
 import multiprocessing.connection
@@ -130,12 +131,13 @@ def join_group(args: ServerArgs, rank: int, addr: str) -> TPGroup:
     )
     world = dist.group.WORLD
     cpu = dist.new_group(backend="gloo", timeout=_COLLECTIVE_TIMEOUT) if backend == "nccl" else world
-    custom = None
-    on_gpu = device.startswith("cuda")
-    if on_gpu and args.nnodes == 1 and not args.disable_custom_all_reduce:  # IPC: one machine only
+    tp = TPGroup(rank, args.tp_size, world, cpu)
+    if (
+        device.startswith("cuda") and args.nnodes == 1 and not args.disable_custom_all_reduce
+    ):  # IPC: one machine
         local = [int(rank_device(args, r).split(":")[1]) for r in local_ranks(args)]
-        custom = CustomAllReduce.create(rank, args.tp_size, cpu, torch.device(device), local)
-    return TPGroup(rank, args.tp_size, world, cpu, custom)
+        tp = dataclasses.replace(tp, custom_ar=CustomAllReduce.create(tp, torch.device(device), local))
+    return tp
 
 
 def group_active() -> bool:
