@@ -381,9 +381,38 @@ void decode_attention_cuda(at::Tensor out, at::Tensor q, at::Tensor k_cache, at:
   const AttentionArgs a =
       make_decode(out, q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale, Backend::kCUDA);
   // Split-K partials live in a scratch buffer from torch's caching allocator (cheap, CUDA-graph safe).
-  const int64_t bytes = decode_attention_workspace_bytes(a);
+  const int64_t bytes = decode_attention_workspace_bytes(a, nullptr);
   at::Tensor workspace = at::empty({std::max<int64_t>(bytes, 1)}, q.options().dtype(at::kByte));
-  launch_decode_attention(a, workspace.data_ptr(), stream_for(q));
+  launch_decode_attention(a, nullptr, workspace.data_ptr(), stream_for(q));
+}
+
+// Decode attention with cascade groups (kernel_args.h, CascadeArgs): rows sharing a prefix attend it once.
+// The index values are the scheduler's (prefix_groups.py); only their shapes and devices are checked here.
+void decode_attention_cascade_cuda(at::Tensor out, at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
+                                   at::Tensor req_to_token, at::Tensor req_pool_indices, at::Tensor seq_lens,
+                                   double scale, at::Tensor shared_lens, at::Tensor group_start,
+                                   at::Tensor group_size, int64_t max_shared, int64_t max_group) {
+  const char* op = "decode_attention_cascade";
+  const c10::cuda::CUDAGuard guard = guard_for(q, op, "q");
+  const AttentionArgs a =
+      make_decode(out, q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale, Backend::kCUDA);
+  for (const auto& [t, name] : {std::pair{&shared_lens, "shared_lens"}, {&group_start, "group_start"},
+                                {&group_size, "group_size"}}) {
+    check_device(*t, Backend::kCUDA, q, op, name);
+  }
+  CascadeArgs c;
+  c.shared_lens = index_array(shared_lens, op, "shared_lens", a.batch);
+  c.num_groups = group_start.dim() == 1 ? group_start.size(0) : -1;
+  c.group_start = index_array(group_start, op, "group_start", c.num_groups);
+  c.group_size = index_array(group_size, op, "group_size", c.num_groups);
+  TORCH_CHECK_VALUE(max_shared >= 0 && max_group >= 1 && max_group <= a.batch, op,
+                    ": max_shared must be >= 0 and max_group in [1, batch], got ", std::to_string(max_shared), " and ",
+                    std::to_string(max_group));
+  c.max_shared = max_shared;
+  c.max_group = max_group;
+  const int64_t bytes = decode_attention_workspace_bytes(a, &c);
+  at::Tensor workspace = at::empty({std::max<int64_t>(bytes, 1)}, q.options().dtype(at::kByte));
+  launch_decode_attention(a, &c, workspace.data_ptr(), stream_for(q));
 }
 
 void extend_attention_cuda(at::Tensor out, at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
@@ -535,6 +564,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_attention_cuda", &decode_attention_cuda, py::arg("out"), py::arg("q"), py::arg("k_cache"),
         py::arg("v_cache"), py::arg("req_to_token"), py::arg("req_pool_indices"), py::arg("seq_lens"),
         py::arg("scale"));
+  m.def("decode_attention_cascade_cuda", &decode_attention_cascade_cuda,
+        "decode attention where groups of rows share a prefix's KV (attended once per group)", py::arg("out"),
+        py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("req_to_token"), py::arg("req_pool_indices"),
+        py::arg("seq_lens"), py::arg("scale"), py::arg("shared_lens"), py::arg("group_start"),
+        py::arg("group_size"), py::arg("max_shared"), py::arg("max_group"));
   m.def("extend_attention_cuda", &extend_attention_cuda, py::arg("out"), py::arg("q"), py::arg("k_cache"),
         py::arg("v_cache"), py::arg("req_to_token"), py::arg("req_pool_indices"), py::arg("seq_lens"),
         py::arg("extend_lens"), py::arg("extend_start_loc"), py::arg("scale"));

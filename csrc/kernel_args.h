@@ -101,4 +101,18 @@ struct AttentionArgs {
   DType dtype;
 };
 
+// Decode over shared prefixes (cascade): the batch rows [group_start[g], group_start[g] + group_size[g]) share
+// their first shared_lens[row] keys (the same pool slots). A group's shared keys are attended once for all its
+// rows, and each row then attends only its own keys [shared_lens[row], seq_len); the partials merge by
+// log-sum-exp. Built by the scheduler (lite_srt/engine/prefix_groups.py), which keeps shared_lens a multiple of
+// 64 and below each row's sequence length.
+struct CascadeArgs {
+  IndexArray shared_lens;  // [batch]; 0 = the row is in no group
+  IndexArray group_start;  // [num_groups]
+  IndexArray group_size;   // [num_groups], each >= 1
+  int64_t num_groups;
+  int64_t max_shared;  // the longest shared length (sizes the split of the shared keys)
+  int64_t max_group;   // the largest group (sizes the blocks' row chunks)
+};
+
 }  // namespace lite_srt

@@ -71,6 +71,83 @@ def test_decode_attention_cuda_matches_reference(dtype, hq, hkv, d, seq_lens) ->
     assert_close_rel(out, expected)
 
 
+def make_cascade_table(groups: list[tuple[int, int]], own: list[int], s: int) -> tuple[torch.Tensor, ...]:
+    """A table where each (rows, shared) group's rows hold the same slots for their first `shared` positions, then
+    row i has own[i] private positions. Returns the table, row ids, seq_lens, and the cascade arguments
+    (shared_lens, group starts, group sizes; a one-row group is a row in no group)."""
+    perm = torch.randperm(s).int()
+    prefixes, shared, starts, sizes = [], [], [], []
+    used = 0
+    for n, length in groups:
+        if n > 1:
+            starts.append(len(prefixes))
+            sizes.append(n)
+        prefixes += [perm[used : used + length]] * n
+        shared += [length if n > 1 else 0] * n
+        used += length
+    lens = [len(p) + k for p, k in zip(prefixes, own, strict=True)]
+    table = torch.full((len(lens) + 1, max(lens) + 3), -7, dtype=torch.int32)
+    row_ids = torch.randperm(len(lens) + 1)[: len(lens)]
+    for i, row in enumerate(row_ids.tolist()):
+        table[row, : len(prefixes[i])] = prefixes[i]
+        table[row, len(prefixes[i]) : lens[i]] = perm[used : used + own[i]]
+        used += own[i]
+    i64 = {"device": DEV, "dtype": torch.int64}
+    return (
+        table.to(DEV),
+        row_ids.to(DEV),
+        torch.tensor(lens, **i64),
+        torch.tensor(shared, **i64),
+        torch.tensor(starts, **i64),
+        torch.tensor(sizes, **i64),
+    )
+
+
+@pytest.mark.parametrize("dtype", HALF_TYPES)
+@pytest.mark.parametrize("hq,hkv,d", [(32, 8, 128), (28, 4, 128), (9, 3, 64), (8, 8, 64)])
+@pytest.mark.parametrize(
+    "groups,own",
+    [
+        ([(16, 2048)], [1, 5, 64, 65, 130, 1, 2, 3, 200, 17, 9, 1, 1, 1, 1, 70]),
+        ([(3, 256), (1, 512), (5, 64 * 7)], [1, 100, 3, 40, 64, 65, 1, 2, 300]),
+        ([(2, 64)] * 3 + [(16, 4096), (7, 1024)], [1] * 6 + list(range(1, 24))),
+    ],
+    ids=["one-group-2k", "mixed-with-loner", "many-groups"],
+)
+def test_decode_attention_cascade_matches_reference(dtype, hq, hkv, d, groups, own) -> None:
+    """Rows of a group attend their shared prefix through the shared kernel and their own keys through the decode
+    kernel; merged, the result is plain attention over the whole row (and rows in no group are untouched)."""
+    s = sum(length for _, length in groups) + sum(own) + 9
+    table, rows, lens, shared, starts, sizes = make_cascade_table(groups, own, s)
+    k_cache = torch.randn(s, hkv, d, device=DEV, dtype=dtype)
+    v_cache = torch.randn(s, hkv, d, device=DEV, dtype=dtype)
+    q = torch.randn(len(own), hq, d, device=DEV, dtype=dtype)
+    out = torch.full_like(q, float("nan"))
+    scale = 1 / math.sqrt(d)
+    max_shared, max_group = int(shared.max()), int(sizes.max())
+    _C.decode_attention_cascade_cuda(
+        out, q, k_cache, v_cache, table, rows, lens, scale, shared, starts, sizes, max_shared, max_group
+    )
+    expected = ref.decode_attention(q.float(), k_cache.float(), v_cache.float(), table, rows, lens, scale)
+    assert_close_rel(out, expected)
+    plain = torch.full_like(q, float("nan"))
+    _C.decode_attention_cuda(plain, q, k_cache, v_cache, table, rows, lens, scale)
+    assert_close_rel(out, plain)
+
+
+def test_decode_attention_cascade_rejects_bad_group_arguments() -> None:
+    q = torch.randn(2, 8, 64, device=DEV, dtype=torch.bfloat16)
+    kc = torch.randn(64, 8, 64, device=DEV, dtype=torch.bfloat16)
+    table = torch.zeros(2, 64, dtype=torch.int32, device=DEV)
+    i64 = {"device": DEV, "dtype": torch.int64}
+    args = [torch.empty_like(q), q, kc, kc, table, torch.arange(2, **i64), torch.full((2,), 3, **i64), 0.1]
+    groups = [torch.zeros(2, **i64), torch.zeros(1, **i64), torch.full((1,), 2, **i64)]
+    with pytest.raises(ValueError, match="max_group"):  # a group larger than the batch
+        _C.decode_attention_cascade_cuda(*args, *groups, 0, 3)
+    with pytest.raises(ValueError, match="is on cpu"):
+        _C.decode_attention_cascade_cuda(*args, groups[0].cpu(), *groups[1:], 0, 2)
+
+
 @pytest.mark.parametrize("dtype", [*HALF_TYPES, torch.float32])
 @pytest.mark.parametrize("hq,hkv,d", [(32, 8, 128), (9, 3, 64)])
 @pytest.mark.parametrize(

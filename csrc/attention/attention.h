@@ -10,8 +10,10 @@
 namespace lite_srt {
 
 // Scratch bytes launch_decode_attention needs for its split-K partials (0 when it does not split).
-int64_t decode_attention_workspace_bytes(const AttentionArgs& a);
-void launch_decode_attention(const AttentionArgs& a, void* workspace, cudaStream_t stream);
+// `cascade` (may be null) groups rows that share a prefix; kernels without a cascade path ignore it.
+int64_t decode_attention_workspace_bytes(const AttentionArgs& a, const CascadeArgs* cascade);
+void launch_decode_attention(const AttentionArgs& a, const CascadeArgs* cascade, void* workspace,
+                             cudaStream_t stream);
 void launch_extend_attention(const AttentionArgs& a, cudaStream_t stream);
 
 }  // namespace lite_srt

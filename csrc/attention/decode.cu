@@ -163,10 +163,12 @@ __global__ void __launch_bounds__(kThreads) decode_simt_kernel(AttentionArgs a, 
 }
 
 #if !defined(USE_ROCM)
-constexpr int kMmaThreads = 128;  // 4 warps, each 16 keys of a tile
+constexpr int kMmaThreads = 128;  // 4 warps
 constexpr int kTileKeys = 64;
 constexpr int kStages = 3;
-constexpr int kMaxRows = 16;  // query heads per block: the rows of one mma tile
+constexpr int kMaxRows = 16;           // query heads per decode block: the rows of one mma tile
+constexpr int kGroupRows = 64;         // query rows per shared-prefix block: 16 per warp
+constexpr int kMaxSharedSplits = 16;
 
 template <typename T, int D>
 constexpr size_t decode_smem_bytes() {
@@ -175,16 +177,89 @@ constexpr size_t decode_smem_bytes() {
   return (kv > merge ? kv : merge) + kStages * kTileKeys * sizeof(int);
 }
 
+// Streams keys [j_begin, j_end) of one table row through a kStages-deep shared-memory ring in 64-key tiles
+// gathered with cp.async, and calls body(k_tile, v_tile, j0) once per tile (j0 = its first key) while the tile
+// is visible to the whole block. Slot indices run two tiles ahead of the K/V copies: the ring holds the slots of
+// the next kStages tiles, two registers the two after, so issuing a copy never waits on a table load. Every
+// thread of the block must call it; on return the ring may be reused.
+template <typename T, int D, typename Body>
+__device__ __forceinline__ void stream_kv_tiles(const AttentionArgs& a, int64_t table_row, int64_t j_begin,
+                                                int64_t j_end, const T* k_base, const T* v_base,
+                                                unsigned char* smem_raw, Body&& body) {
+  using Tile = attn::KVTile<T, D, kTileKeys>;
+  T* ks = reinterpret_cast<T*>(smem_raw);
+  T* vs = ks + kStages * Tile::kElems;
+  int* sm_slot = reinterpret_cast<int*>(smem_raw + decode_smem_bytes<T, D>() - kStages * kTileKeys * sizeof(int));
+  const int n_tiles = j_end > j_begin ? static_cast<int>(ceil_div(j_end - j_begin, kTileKeys)) : 0;
+  const int tid = threadIdx.x;
+  int next0 = -1, next1 = -1;
+  if (tid < kTileKeys) {
+#pragma unroll
+    for (int s = 0; s < kStages; ++s) sm_slot[s * kTileKeys + tid] = attn::slot_at(a, table_row, j_begin + s * kTileKeys + tid, j_end);
+    next0 = attn::slot_at(a, table_row, j_begin + kStages * kTileKeys + tid, j_end);
+    next1 = attn::slot_at(a, table_row, j_begin + (kStages + 1) * kTileKeys + tid, j_end);
+  }
+  __syncthreads();
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < n_tiles) {
+      attn::issue_kv_tile<T, D, kTileKeys, kMmaThreads>(ks + s * Tile::kElems, vs + s * Tile::kElems,
+                                                        sm_slot + s * kTileKeys, k_base, a.k_stride.row, v_base,
+                                                        a.v_stride.row);
+    }
+    attn::cp_async_commit();
+  }
+  for (int it = 0; it < n_tiles; ++it) {
+    attn::cp_async_wait<kStages - 2>();
+    __syncthreads();  // tile `it` is visible to all; every warp is done with the stage refilled below
+    const int pre = it + kStages - 1;
+    if (pre < n_tiles) {
+      const int st_i = pre % kStages;
+      attn::issue_kv_tile<T, D, kTileKeys, kMmaThreads>(ks + st_i * Tile::kElems, vs + st_i * Tile::kElems,
+                                                        sm_slot + st_i * kTileKeys, k_base, a.k_stride.row, v_base,
+                                                        a.v_stride.row);
+    }
+    attn::cp_async_commit();
+    if (tid < kTileKeys) {  // the ring entry of tile `it` is free: it now holds tile it + kStages
+      sm_slot[(it % kStages) * kTileKeys + tid] = next0;
+      next0 = next1;
+      next1 = attn::slot_at(a, table_row, j_begin + (it + kStages + 2) * static_cast<int64_t>(kTileKeys) + tid, j_end);
+    }
+    const int stage = it % kStages;
+    body(ks + stage * Tile::kElems, vs + stage * Tile::kElems, j_begin + static_cast<int64_t>(it) * kTileKeys);
+  }
+  attn::cp_async_wait<0>();
+  __syncthreads();
+}
+
+// Sets the scores of keys at or past j_end to -inf (NT 8-key accumulators starting at key j0).
+template <int NT>
+__device__ __forceinline__ void mask_tail(float (&s)[NT][4], int64_t j0, int64_t j_end, int tig) {
+  if (j0 + NT * 8 <= j_end) return;
+#pragma unroll
+  for (int n = 0; n < NT; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if (j0 + n * 8 + tig * 2 + (e & 1) >= j_end) s[n][e] = -INFINITY;
+    }
+  }
+}
+
+// Where a (row, head)'s partials live: `parts` per pair, the key splits first, then the shared-prefix splits.
+__device__ __forceinline__ int64_t part_index(const AttentionArgs& a, int64_t b, int64_t head, int parts, int p) {
+  return (b * a.q_heads + head) * parts + p;
+}
+
+// grid = (split, KV head x head chunk, request). A request in a cascade group attends only its own keys
+// [shared_lens[b], seq_len); `parts` = 1 writes the output directly, else partials go to the workspace.
 template <typename T, int D>
 __global__ void __launch_bounds__(kMmaThreads, 2)
-    decode_mma_kernel(AttentionArgs a, int num_splits, int chunks, float* ws_out, float* ws_lse) {
+    decode_mma_kernel(AttentionArgs a, IndexArray kv_start, int num_splits, int parts, int chunks, float* ws_out,
+                      float* ws_lse) {
   using Tile = attn::KVTile<T, D, kTileKeys>;
   constexpr int kStride = Tile::kStride;
   constexpr int kWarps = kMmaThreads / WARP_SIZE;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* ks = reinterpret_cast<T*>(smem_raw);
-  T* vs = ks + kStages * Tile::kElems;
-  int* sm_slot = reinterpret_cast<int*>(smem_raw + decode_smem_bytes<T, D>() - kStages * kTileKeys * sizeof(int));
 
   const int64_t b = blockIdx.z;
   const int64_t group = a.q_heads / a.kv_heads;
@@ -192,11 +267,11 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
   const int64_t head0 = kvh * group + (blockIdx.y % chunks) * kMaxRows;
   const int n_heads = static_cast<int>(min(static_cast<int64_t>(kMaxRows), kvh * group + group - head0));
   const int64_t seq_len = a.seq_lens[b];
+  const int64_t start = kv_start.ptr != nullptr ? min(kv_start[b], seq_len) : 0;
   // Tile-aligned splits, so only a split's last tile is partial.
-  const int64_t per_split = ceil_div(ceil_div(seq_len, num_splits), kTileKeys) * kTileKeys;
-  const int64_t j_begin = blockIdx.x * per_split;
+  const int64_t per_split = ceil_div(ceil_div(seq_len - start, num_splits), kTileKeys) * kTileKeys;
+  const int64_t j_begin = start + blockIdx.x * per_split;
   const int64_t j_end = min(seq_len, j_begin + per_split);
-  const int n_tiles = j_end > j_begin ? static_cast<int>(ceil_div(j_end - j_begin, kTileKeys)) : 0;
   const int64_t table_row = a.req_pool_indices[b] * a.req_to_token_stride;
 
   const int warp = threadIdx.x / WARP_SIZE;
@@ -219,68 +294,21 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
   const T* k_base = static_cast<const T*>(a.k_cache) + kvh * a.k_stride.head;
   const T* v_base = static_cast<const T*>(a.v_cache) + kvh * a.v_stride.head;
 
-  // Slot indices run two tiles ahead of the K/V copies: the ring holds the slots of the next kStages tiles, two
-  // registers the two after, so issuing a copy never waits on a table load.
-  const int tid = threadIdx.x;
-  int next0 = -1, next1 = -1;
-  if (tid < kTileKeys) {
+  // Each of the 4 warps takes 16 keys of a tile.
+  stream_kv_tiles<T, D>(a, table_row, j_begin, j_end, k_base, v_base, smem_raw,
+                        [&](const T* k_tile, const T* v_tile, int64_t j0) {
+                          const int64_t jw = j0 + warp * 16;  // this warp's first key
+                          if (jw >= j_end) return;
+                          float s[2][4];
 #pragma unroll
-    for (int s = 0; s < kStages; ++s) sm_slot[s * kTileKeys + tid] = attn::slot_at(a, table_row, j_begin + s * kTileKeys + tid, j_end);
-    next0 = attn::slot_at(a, table_row, j_begin + kStages * kTileKeys + tid, j_end);
-    next1 = attn::slot_at(a, table_row, j_begin + (kStages + 1) * kTileKeys + tid, j_end);
-  }
-  __syncthreads();
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (s < n_tiles) {
-      attn::issue_kv_tile<T, D, kTileKeys, kMmaThreads>(ks + s * Tile::kElems, vs + s * Tile::kElems,
-                                                        sm_slot + s * kTileKeys, k_base, a.k_stride.row, v_base,
-                                                        a.v_stride.row);
-    }
-    attn::cp_async_commit();
-  }
+                          for (int n = 0; n < 2; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+                          attn::qk_tile<T, D, 2>(s, qa, k_tile + warp * 16 * kStride, lane);
+                          mask_tail<2>(s, jw, j_end, tig);
+                          attn::softmax_step<2, D / 8>(s, o, st, qk_scale);
+                          attn::pv_tile<T, D, 2>(o, s, v_tile + warp * 16 * kStride, lane);
+                        });
 
-  for (int it = 0; it < n_tiles; ++it) {
-    attn::cp_async_wait<kStages - 2>();
-    __syncthreads();  // tile `it` is visible to all; every warp is done with the stage refilled below
-    const int pre = it + kStages - 1;
-    if (pre < n_tiles) {
-      const int st_i = pre % kStages;
-      attn::issue_kv_tile<T, D, kTileKeys, kMmaThreads>(ks + st_i * Tile::kElems, vs + st_i * Tile::kElems,
-                                                        sm_slot + st_i * kTileKeys, k_base, a.k_stride.row, v_base,
-                                                        a.v_stride.row);
-    }
-    attn::cp_async_commit();
-    if (tid < kTileKeys) {  // the ring entry of tile `it` is free: it now holds tile it + kStages
-      sm_slot[(it % kStages) * kTileKeys + tid] = next0;
-      next0 = next1;
-      next1 = attn::slot_at(a, table_row, j_begin + (it + kStages + 2) * static_cast<int64_t>(kTileKeys) + tid, j_end);
-    }
-
-    const int stage = it % kStages;
-    const int64_t jw = j_begin + static_cast<int64_t>(it) * kTileKeys + warp * 16;  // this warp's first key
-    if (jw < j_end) {
-      float s[2][4];
-#pragma unroll
-      for (int n = 0; n < 2; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-      attn::qk_tile<T, D, 2>(s, qa, ks + stage * Tile::kElems + warp * 16 * kStride, lane);
-      if (jw + 16 > j_end) {
-#pragma unroll
-        for (int n = 0; n < 2; ++n) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            if (jw + n * 8 + tig * 2 + (e & 1) >= j_end) s[n][e] = -INFINITY;
-          }
-        }
-      }
-      attn::softmax_step<2, D / 8>(s, o, st, qk_scale);
-      attn::pv_tile<T, D, 2>(o, s, vs + stage * Tile::kElems + warp * 16 * kStride, lane);
-    }
-  }
-  attn::cp_async_wait<0>();
-  __syncthreads();  // the K/V ring is reused below for the merge
-
-  // Merge the 4 warps' softmax states per query head through shared memory.
+  // Merge the 4 warps' softmax states per query head through shared memory (the K/V ring is free now).
   float* sm_o = reinterpret_cast<float*>(smem_raw);     // [warp][row][D]
   float* sm_ml = sm_o + kWarps * kMaxRows * D;          // [warp][row][2]: m (scaled, base 2), l
   const float l0 = attn::quad_sum(st.l0), l1 = attn::quad_sum(st.l1);
@@ -299,7 +327,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
     sm_ml[(warp * kMaxRows + g + 8) * 2 + 1] = l1;
   }
   __syncthreads();
-  for (int idx = tid; idx < n_heads * D; idx += kMmaThreads) {
+  for (int idx = threadIdx.x; idx < n_heads * D; idx += kMmaThreads) {
     const int r = idx / D;
     const int d = idx % D;
     float mx = -INFINITY;
@@ -319,51 +347,149 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
     }
     const float out = total_l > 0.0f ? total_o / total_l : 0.0f;  // an empty context gives zeros, as the reference
     const int64_t head = head0 + r;
-    if (num_splits == 1) {
+    if (parts == 1) {
       static_cast<T*>(a.out)[b * a.out_stride.row + head * a.out_stride.head + d] = from_float<T>(out);
     } else {
-      const int64_t part = (b * a.q_heads + head) * num_splits + blockIdx.x;
+      const int64_t part = part_index(a, b, head, parts, blockIdx.x);
       ws_out[part * D + d] = out;
       if (d == 0) ws_lse[part] = total_l > 0.0f ? mx + log2f(total_l) : -FLT_MAX;
     }
   }
 }
+
+// The shared keys of a cascade group, attended once for all its rows. grid = (shared split, KV head x row chunk,
+// group). The block's query rows are (request, head) pairs of the group, 16 per warp (4 requests x 4 heads for a
+// GQA-4 model), so one K/V tile feeds up to 64 rows of mma instead of one request's few heads. Each warp sees
+// every key of a tile and owns its rows' softmax, so no cross-warp merge is needed; the partial goes to the
+// workspace as the part num_splits + split of each row.
+template <typename T, int D>
+__global__ void __launch_bounds__(kMmaThreads, 2)
+    decode_shared_kernel(AttentionArgs a, CascadeArgs c, int num_splits, int parts, int row_chunks, float* ws_out,
+                         float* ws_lse) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int64_t grp = blockIdx.z;
+  const int64_t size = c.group_size[grp];
+  const int64_t gh = a.q_heads / a.kv_heads;
+  const int64_t row0 = (blockIdx.y % row_chunks) * kGroupRows;
+  if (row0 >= size * gh) return;  // the whole block leaves together: no barrier is skipped by part of it
+  const int64_t kvh = blockIdx.y / row_chunks;
+  const int64_t b0 = c.group_start[grp];
+  const int64_t shared = min(c.shared_lens[b0], a.seq_lens[b0]);
+  const int splits = static_cast<int>(gridDim.x);
+  const int64_t per_split = ceil_div(ceil_div(shared, splits), kTileKeys) * kTileKeys;
+  const int64_t j_begin = min(shared, blockIdx.x * per_split);
+  const int64_t j_end = min(shared, j_begin + per_split);
+  const int64_t table_row = a.req_pool_indices[b0] * a.req_to_token_stride;
+
+  const int warp = threadIdx.x / WARP_SIZE;
+  const int lane = threadIdx.x % WARP_SIZE;
+  const int g = lane >> 2;
+  const int tig = lane & 3;
+  // This lane's two rows (g, g + 8 of the warp's 16) as (request, head); rows past the group are zeros.
+  const int r0 = static_cast<int>(row0) + warp * 16 + g;  // and r0 + 8
+  const int n_rows = static_cast<int>(size * gh);
+  uint32_t qa[D / 16][4];
+  {
+    const T* q = static_cast<const T*>(a.q);
+    const bool v0 = r0 < n_rows, v1 = r0 + 8 < n_rows;
+    const int64_t q0 = v0 ? (b0 + r0 / gh) * a.q_stride.row + (kvh * gh + r0 % gh) * a.q_stride.head : 0;
+    const int64_t q1 = v1 ? (b0 + (r0 + 8) / gh) * a.q_stride.row + (kvh * gh + (r0 + 8) % gh) * a.q_stride.head : 0;
+    attn::load_q_frags<T, D>(qa, q + q0, q + q1, v0, v1, tig);
+  }
+  float o[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  attn::RowState st;
+  const float qk_scale = a.scale * attn::kLog2e;
+  const T* k_base = static_cast<const T*>(a.k_cache) + kvh * a.k_stride.head;
+  const T* v_base = static_cast<const T*>(a.v_cache) + kvh * a.v_stride.head;
+
+  stream_kv_tiles<T, D>(a, table_row, j_begin, j_end, k_base, v_base, smem_raw,
+                        [&](const T* k_tile, const T* v_tile, int64_t j0) {
+                          float s[kTileKeys / 8][4];
+#pragma unroll
+                          for (int n = 0; n < kTileKeys / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+                          attn::qk_tile<T, D, kTileKeys / 8>(s, qa, k_tile, lane);
+                          mask_tail<kTileKeys / 8>(s, j0, j_end, tig);
+                          attn::softmax_step<kTileKeys / 8, D / 8>(s, o, st, qk_scale);
+                          attn::pv_tile<T, D, kTileKeys / 8>(o, s, v_tile, lane);
+                        });
+
+  const float l0 = attn::quad_sum(st.l0), l1 = attn::quad_sum(st.l1);
+  const int p = num_splits + static_cast<int>(blockIdx.x);
+  // Rows g (accumulators 0, 1) and g + 8 (accumulators 2, 3) of the warp.
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = r0 + half * 8;
+    if (r >= n_rows) continue;
+    const float l = half == 0 ? l0 : l1;
+    const float m = half == 0 ? st.m0 : st.m1;
+    const int64_t part = part_index(a, b0 + r / gh, kvh * gh + r % gh, parts, p);
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      ws_out[part * D + n * 8 + tig * 2] = o[n][half * 2] * inv;
+      ws_out[part * D + n * 8 + tig * 2 + 1] = o[n][half * 2 + 1] * inv;
+    }
+    if (tig == 0) ws_lse[part] = l > 0.0f ? m * qk_scale + log2f(l) : -FLT_MAX;
+  }
+}
 #endif  // !USE_ROCM
 
-// out = sum_s o_s * 2^(lse_s - lse), one block per (request, head), one thread per element of the head.
+constexpr int kMaxParts = kMaxSplits + 16;  // key splits + shared-prefix splits
+
+// out = sum_p o_p * 2^(lse_p - lse) over a (request, head)'s partials: its key splits, then, for a row in a
+// cascade group, its group's shared-prefix splits. One block per (request, head), one thread per element of the
+// head; the weights are computed once into shared memory (an empty partial has lse -FLT_MAX and weight 0).
 template <typename T>
-__global__ void merge_splits_kernel(AttentionArgs a, int num_splits, const float* ws_out, const float* ws_lse) {
+__global__ void merge_splits_kernel(AttentionArgs a, IndexArray shared_lens, int num_splits, int parts,
+                                    const float* ws_out, const float* ws_lse) {
+  __shared__ float wgt[kMaxParts];
+  __shared__ float inv_den;
   const int64_t bh = blockIdx.x;
   const int64_t b = bh / a.q_heads;
   const int64_t head = bh % a.q_heads;
-  const float* lse = ws_lse + bh * num_splits;
+  const int used = parts > num_splits && shared_lens[b] > 0 ? parts : num_splits;
+  const float* lse = ws_lse + bh * parts;
+  for (int p = threadIdx.x; p < used; p += blockDim.x) wgt[p] = lse[p];
+  __syncthreads();
   float mx = -FLT_MAX;
-  for (int s = 0; s < num_splits; ++s) mx = fmaxf(mx, lse[s]);
+  for (int p = 0; p < used; ++p) mx = fmaxf(mx, wgt[p]);
+  __syncthreads();  // everyone has read the raw lse values
+  for (int p = threadIdx.x; p < used; p += blockDim.x) wgt[p] = wgt[p] == -FLT_MAX ? 0.0f : exp2f(wgt[p] - mx);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float den = 0.0f;
+    for (int p = 0; p < used; ++p) den += wgt[p];
+    inv_den = den > 0.0f ? 1.0f / den : 0.0f;
+  }
+  __syncthreads();
+  const float* o = ws_out + bh * parts * a.head_dim;
   for (int d = threadIdx.x; d < a.head_dim; d += blockDim.x) {
-    float num = 0.0f, den = 0.0f;
-    for (int s = 0; s < num_splits; ++s) {
-      if (lse[s] == -FLT_MAX) continue;  // an empty split
-      const float w = exp2f(lse[s] - mx);
-      num += w * ws_out[(bh * num_splits + s) * a.head_dim + d];
-      den += w;
-    }
-    static_cast<T*>(a.out)[b * a.out_stride.row + head * a.out_stride.head + d] =
-        from_float<T>(den > 0.0f ? num / den : 0.0f);
+    float num = 0.0f;
+#pragma unroll 4
+    for (int p = 0; p < used; ++p) num += wgt[p] * o[p * a.head_dim + d];
+    static_cast<T*>(a.out)[b * a.out_stride.row + head * a.out_stride.head + d] = from_float<T>(num * inv_den);
   }
 }
 
 int gmax_for(int64_t group) { return group >= 8 ? 8 : group >= 4 ? 4 : group >= 2 ? 2 : 1; }
 
-// How a launch is cut: which kernel, how many head chunks per KV head, how many key splits per request.
+// How a launch is cut: which kernel, how many head chunks per KV head, how many key splits per request, and, for
+// a cascade, how many splits of the shared keys and row chunks per group.
 struct DecodePlan {
   bool mma;
   int chunks;
   int splits;
+  int shared_splits = 0;  // 0: no cascade
+  int row_chunks = 0;
+  int parts() const { return splits + shared_splits; }
 };
 
 // Splits fill the GPU: about `waves` resident blocks' worth per SM. The context length lives on the device, so
-// each request divides its own keys over this many splits (empty splits cost one early exit).
-DecodePlan plan_decode(const AttentionArgs& a) {
+// each request divides its own keys over this many splits (empty splits cost one early exit). A cascade splits
+// the shared keys the same way, keeping at least two tiles per split.
+DecodePlan plan_decode(const AttentionArgs& a, const CascadeArgs* c) {
   const int64_t group = a.q_heads / a.kv_heads;
 #if !defined(USE_ROCM)
   const bool mma = a.dtype != DType::kFloat32;
@@ -374,7 +500,17 @@ DecodePlan plan_decode(const AttentionArgs& a) {
   const int64_t blocks = std::max<int64_t>(1, a.batch * a.kv_heads * chunks);
   const int64_t target = static_cast<int64_t>(current_num_sms()) * (mma ? 2 : 8);
   const int splits = static_cast<int>(std::clamp<int64_t>(ceil_div(target, blocks), 1, kMaxSplits));
-  return {mma, static_cast<int>(chunks), splits};
+  DecodePlan plan{mma, static_cast<int>(chunks), splits};
+#if !defined(USE_ROCM)
+  if (mma && c != nullptr && c->num_groups > 0 && c->max_shared > 0) {
+    plan.row_chunks = static_cast<int>(ceil_div(std::max<int64_t>(c->max_group, 1) * group, kGroupRows));
+    const int64_t shared_blocks = c->num_groups * a.kv_heads * plan.row_chunks;
+    const int64_t by_len = std::max<int64_t>(1, c->max_shared / (2 * kTileKeys));
+    plan.shared_splits = static_cast<int>(
+        std::clamp<int64_t>(ceil_div(target, shared_blocks), 1, std::min<int64_t>(kMaxSharedSplits, by_len)));
+  }
+#endif
+  return plan;
 }
 
 template <typename T, int D, int GMAX>
@@ -402,14 +538,25 @@ void launch_simt_gmax(const AttentionArgs& a, int splits, float* ws_out, float* 
 }
 
 template <typename T, int D>
-void launch_typed(const AttentionArgs& a, const DecodePlan& plan, float* ws_out, float* ws_lse, cudaStream_t stream) {
+void launch_typed(const AttentionArgs& a, const CascadeArgs* c, const DecodePlan& plan, float* ws_out,
+                  float* ws_lse, cudaStream_t stream) {
+  IndexArray shared_lens{nullptr, false};
 #if !defined(USE_ROCM)
   if constexpr (sizeof(T) == 2) {
     if (plan.mma) {
       constexpr size_t smem = decode_smem_bytes<T, D>();
-      set_smem_opt_in<decode_mma_kernel<T, D>>(smem);
+      if (plan.shared_splits > 0) {
+        shared_lens = c->shared_lens;
+        set_smem_opt_in<decode_shared_kernel<T, D>>(smem);
+        const dim3 sgrid(plan.shared_splits, static_cast<unsigned>(a.kv_heads * plan.row_chunks),
+                         static_cast<unsigned>(c->num_groups));
+        decode_shared_kernel<T, D><<<sgrid, kMmaThreads, smem, stream>>>(a, *c, plan.splits, plan.parts(),
+                                                                        plan.row_chunks, ws_out, ws_lse);
+      }
       const dim3 grid(plan.splits, static_cast<unsigned>(a.kv_heads * plan.chunks), static_cast<unsigned>(a.batch));
-      decode_mma_kernel<T, D><<<grid, kMmaThreads, smem, stream>>>(a, plan.splits, plan.chunks, ws_out, ws_lse);
+      set_smem_opt_in<decode_mma_kernel<T, D>>(smem);
+      decode_mma_kernel<T, D><<<grid, kMmaThreads, smem, stream>>>(a, shared_lens, plan.splits, plan.parts(),
+                                                                   plan.chunks, ws_out, ws_lse);
     } else {
       launch_simt_gmax<T, D>(a, plan.splits, ws_out, ws_lse, stream);
     }
@@ -419,31 +566,32 @@ void launch_typed(const AttentionArgs& a, const DecodePlan& plan, float* ws_out,
 #else
   launch_simt_gmax<T, D>(a, plan.splits, ws_out, ws_lse, stream);
 #endif
-  if (plan.splits > 1) {
-    merge_splits_kernel<T>
-        <<<static_cast<unsigned>(a.batch * a.q_heads), D, 0, stream>>>(a, plan.splits, ws_out, ws_lse);
+  if (plan.parts() > 1) {
+    merge_splits_kernel<T><<<static_cast<unsigned>(a.batch * a.q_heads), D, 0, stream>>>(
+        a, shared_lens, plan.splits, plan.parts(), ws_out, ws_lse);
   }
 }
 
 }  // namespace
 
-int64_t decode_attention_workspace_bytes(const AttentionArgs& a) {
-  const DecodePlan plan = plan_decode(a);
-  if (plan.splits == 1) return 0;
-  return a.batch * a.q_heads * plan.splits * (a.head_dim + 1) * static_cast<int64_t>(sizeof(float));
+int64_t decode_attention_workspace_bytes(const AttentionArgs& a, const CascadeArgs* cascade) {
+  const DecodePlan plan = plan_decode(a, cascade);
+  if (plan.parts() == 1) return 0;
+  return a.batch * a.q_heads * plan.parts() * (a.head_dim + 1) * static_cast<int64_t>(sizeof(float));
 }
 
-void launch_decode_attention(const AttentionArgs& a, void* workspace, cudaStream_t stream) {
+void launch_decode_attention(const AttentionArgs& a, const CascadeArgs* cascade, void* workspace,
+                             cudaStream_t stream) {
   if (a.batch == 0) return;
-  const DecodePlan plan = plan_decode(a);
+  const DecodePlan plan = plan_decode(a, cascade);
   float* ws_out = static_cast<float*>(workspace);
-  float* ws_lse = ws_out + a.batch * a.q_heads * plan.splits * a.head_dim;
+  float* ws_lse = ws_out + a.batch * a.q_heads * plan.parts() * a.head_dim;
   dispatch_cuda_dtype(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     if (a.head_dim == 64) {
-      launch_typed<T, 64>(a, plan, ws_out, ws_lse, stream);
+      launch_typed<T, 64>(a, cascade, plan, ws_out, ws_lse, stream);
     } else {
-      launch_typed<T, 128>(a, plan, ws_out, ws_lse, stream);
+      launch_typed<T, 128>(a, cascade, plan, ws_out, ws_lse, stream);
     }
   });
   check_launch("decode_attention");
