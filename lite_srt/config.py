@@ -77,6 +77,9 @@ class ServerArgs:
     disable_mixed_chunk: bool = _opt(
         "run prefill chunks alone instead of mixing running requests' decodes into them (A/B)", False
     )
+    disable_cascade_attention: bool = _opt(
+        "decode requests sharing a cached prefix without reading its KV once per group (A/B)", False
+    )
     # Tensor parallelism
     tp_size: int = _opt("tensor-parallel ranks (GPUs, or CPU processes); also --tp", 1, aliases=("--tp",))
     nnodes: int = _opt("machines the tensor-parallel ranks span", 1)

@@ -8,6 +8,8 @@ batch. This measures what that is worth in the decode attention kernel alone: a 
 requests arrive in). Also "private": the same lengths with no sharing (every request has its own prefix copy),
 the traffic a kernel without any reuse has to read. Reports ms per call and effective GB/s (the KV bytes each
 request attends over, summed over requests, per second: above the device bandwidth means cache reuse).
+"cascade" is the grouped batch with its cascade groups (lite_srt/engine/prefix_groups.py): each group's prefix
+is read once for all its requests by the shared kernel, then each request's own keys.
 
   python scripts/bench_prefix_order.py [--groups 16 --per-group 16 --prefix-len 2048 --suffix-len 256]
 """
@@ -20,6 +22,7 @@ import json
 import torch
 
 from lite_srt import kernels
+from lite_srt.engine.prefix_groups import PrefixGroups
 
 DEV = "cuda"
 DT = torch.bfloat16
@@ -40,6 +43,17 @@ def time_ms(fn, iters: int = 30) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def print_kernels(name: str, fn, iters: int = 20) -> None:
+    """Mean GPU time per call of each kernel fn launches."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    for e in prof.key_averages():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            print(f"  {name:>9} {e.key[:70]:<70} {e.device_time_total / iters:8.1f} us")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--groups", type=int, default=16)
@@ -47,6 +61,9 @@ def main() -> None:
     p.add_argument("--prefix-len", type=int, default=2048)
     p.add_argument("--suffix-len", type=int, default=256)
     p.add_argument("--json")
+    p.add_argument(
+        "--profile", action="store_true", help="print the kernels of each variant (torch.profiler)"
+    )
     a = p.parse_args()
     b = a.groups * a.per_group
     ctx = a.prefix_len + a.suffix_len
@@ -72,11 +89,20 @@ def main() -> None:
     tables = {"grouped": shared, "shuffled": shuffled, "private": private}
 
     kv_bytes = b * ctx * KV_HEADS * HEAD_DIM * 2 * k.element_size()  # what the requests attend over, K and V
+    starts = list(range(0, b, a.per_group))
+    cascade = PrefixGroups([a.prefix_len] * b, starts, [a.per_group] * len(starts)).to_device(
+        torch.device(DEV)
+    )
+    runs = [(name, table, None) for name, table in tables.items()] + [("cascade", shared, cascade)]
     results = []
-    for name, table in tables.items():
+    for name, table, groups in runs:
         t = table.to(DEV)
-        ms = time_ms(lambda t=t: kernels.decode_attention(q, k, v, t, rows, seq_lens, scale))
+        ms = time_ms(lambda t=t, c=groups: kernels.decode_attention(q, k, v, t, rows, seq_lens, scale, c))
         results.append({"order": name, "ms": ms, "effective_GBps": kv_bytes / ms / 1e6})
+        if a.profile:
+            print_kernels(
+                name, lambda t=t, c=groups: kernels.decode_attention(q, k, v, t, rows, seq_lens, scale, c)
+            )
         print(json.dumps(results[-1]), flush=True)
     if a.json:
         with open(a.json, "w") as f:

@@ -53,6 +53,7 @@ class FakeRunner:
     chunked_prefill_size: int
     tokens: list[int]  # pre-drawn random tokens, handed out in slices so `step` itself costs ~nothing
     decode_steps: list[tuple[float, int]] = field(default_factory=list)  # (time, batch size)
+    cascade_attention: bool = False
 
     @classmethod
     def create(cls, num_slots: int, max_running: int, context_length: int, seed: int) -> FakeRunner:

@@ -69,3 +69,40 @@ def test_real_model_greedy_on_gpu(smollm_gguf_path, hf_reference, dtype, n_exact
             assert b["output_ids"][:n_exact] == want[:n_exact]
     finally:
         e.shutdown()
+
+
+def test_cascade_decode_matches_plain_decode_on_the_real_model(smollm_gguf_path, monkeypatch):
+    """Requests sharing a cached 640-token prefix decode through cascade groups (the shared keys read once per
+    group, prefix_groups.py) and give the greedy tokens of plain decode (--disable-cascade-attention). bfloat16,
+    the only dtype with a cascade path: the two kernels round differently, so as against transformers the first
+    8 tokens must match exactly."""
+    from lite_srt import Engine
+    from lite_srt.engine import scheduler
+
+    monkeypatch.setattr(
+        scheduler, "MIN_SAVED_KEYS", 0
+    )  # 12 requests save fewer keys than the serving threshold
+    prefix = [1000 + (i * 37) % 20000 for i in range(640)]
+    prompts = [prefix + [30000 + 7 * q + i for i in range(5)] for q in range(12)]
+    params = {"max_new_tokens": 16, "temperature": 0}
+    outputs = {}
+    for cascade in (True, False):
+        e = Engine(
+            model_path=smollm_gguf_path,
+            device="cuda",
+            dtype="bfloat16",
+            max_total_tokens=32768,
+            disable_cascade_attention=not cascade,
+        )
+        try:
+            assert e.core.runner.cascade_attention
+            e.generate(input_ids=prefix + [5], sampling_params=params)  # caches the prefix
+            outputs[cascade] = [
+                o["output_ids"] for o in e.generate(input_ids=prompts, sampling_params=params)
+            ]
+            steps = e.core.stats().cascade_steps_total
+            assert steps > 0 if cascade else steps == 0
+        finally:
+            e.shutdown()
+    for with_cascade, plain in zip(outputs[True], outputs[False]):
+        assert with_cascade[:8] == plain[:8]

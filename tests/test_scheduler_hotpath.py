@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from lite_srt.config import ServerArgs
+from lite_srt.engine import scheduler as scheduler_mod
 from lite_srt.engine.forward_batch import ForwardBatch, ForwardMode
 from lite_srt.engine.io import RequestOutput
 from lite_srt.engine.model_runner import StepResult
@@ -42,8 +43,12 @@ class ScriptedRunner:
     pool: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(num_slots=4096))
     device: torch.device = torch.device("cpu")
     chunked_prefill_size: int = 64
+    cascade_attention: bool = False
     next_tokens: torch.Tensor = field(default_factory=lambda: torch.zeros(64, dtype=torch.int64))
     decode_batches: int = 0
+    cascade_groups: list[tuple[int, int]] = field(
+        default_factory=list
+    )  # (rows, shared length) per group seen
     sampling: list[SamplingBatch] = field(default_factory=list)
 
     def step(self, fb: ForwardBatch, rows: list[int], sb: SamplingBatch | None) -> StepResult:
@@ -65,23 +70,51 @@ class ScriptedRunner:
             pos = fb.positions[lo:hi]
             assert int(fb.seq_lens[b]) == int(pos[-1]) + 1
             assert torch.equal(self.table.table[row, pos].to(torch.int64), fb.out_cache_loc[lo:hi])
+        if fb.cascade is not None:
+            self._check_cascade(fb)
+
+    def _check_cascade(self, fb: ForwardBatch) -> None:
+        """Every cascade group's rows hold the same slots for their shared positions (whole 64-key tiles, short
+        of each row's own last position), and rows outside the groups share nothing."""
+        c = fb.cascade
+        assert c is not None
+        shared, rows = c.shared_lens.tolist(), fb.req_pool_indices.tolist()
+        grouped = set()
+        for start, size in zip(c.group_start.tolist(), c.group_size.tolist()):
+            length = shared[start]
+            assert size >= 2 and length >= 64 and length % 64 == 0
+            first = self.table.table[rows[start], :length]
+            for b in range(start, start + size):
+                assert shared[b] == length and length < int(fb.seq_lens[b])
+                assert torch.equal(self.table.table[rows[b], :length], first)
+                grouped.add(b)
+            self.cascade_groups.append((size, length))
+        assert all(shared[b] == 0 for b in range(len(rows)) if b not in grouped)
+        assert c.max_shared == max(shared) and c.max_group == max(c.group_size.tolist())
 
 
-def make_scheduler(overlap: bool, max_running: int = 8) -> tuple[Scheduler, ScriptedRunner]:
-    runner = ScriptedRunner(ReqToTokenTable(max_running * 2 + 16, CONTEXT + 1, "cpu"))
+def make_scheduler(
+    overlap: bool, max_running: int = 8, context: int = CONTEXT, cascade: bool = False
+) -> tuple[Scheduler, ScriptedRunner]:
+    runner = ScriptedRunner(
+        ReqToTokenTable(max_running * 2 + 16, context + 1, "cpu"), cascade_attention=cascade
+    )
     args = ServerArgs(max_running_requests=max_running, disable_overlap_schedule=not overlap)
 
     async def run_step(fb: ForwardBatch, rows: list[int], sb: SamplingBatch | None) -> StepResult:
         return runner.step(fb, rows, sb)
 
-    return Scheduler(args, runner, run_step, CONTEXT, VOCAB), runner  # type: ignore[arg-type]
+    return Scheduler(args, runner, run_step, context, VOCAB), runner  # type: ignore[arg-type]
 
 
-def submit(sched: Scheduler, rid: str, prompt_len: int, **params) -> RequestGroup:
+def submit(
+    sched: Scheduler, rid: str, prompt_len: int, prompt: list[int] | None = None, **params
+) -> RequestGroup:
     p = SamplingParams(**params)
     p.validate()
     group = RequestGroup(rid, 1)
-    prompt = [100 + (i * 13 + len(rid)) % 800 for i in range(prompt_len)]
+    if prompt is None:
+        prompt = [100 + (i * 13 + len(rid)) % 800 for i in range(prompt_len)]
     req = Req(rid=rid, index=0, input_ids=prompt, params=p, seed=1, group=group, eos_ids=frozenset({EOS}))
     init_output_state(req, NullTokenizer(VOCAB, None, [EOS]))
     group.reqs.append(req)
@@ -160,6 +193,43 @@ async def test_min_new_tokens_rows_keep_their_bans_and_plain_rows_build_nothing(
             plain_batches += 1
     assert banned_rows == 9  # one per step until min_new_tokens (9) output tokens exist, overlap or not
     assert plain_batches > 20
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+async def test_decode_batches_group_requests_sharing_a_cached_prefix(
+    overlap: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three 330-token system prompts, five requests each: their decode batches carry cascade groups, and every
+    group is checked against the table (ScriptedRunner._check_cascade). A request admitted before its prompt was
+    cached holds its own slots and joins no group; the others share 320 positions (five whole tiles)."""
+    monkeypatch.setattr(scheduler_mod, "MIN_SAVED_KEYS", 0)  # the groups here are small
+    sched, runner = make_scheduler(overlap, max_running=16, context=400, cascade=True)
+    task = asyncio.ensure_future(sched.run_forever())
+    groups = []
+    for p in range(3):
+        system = [100 + (i * 7 + p * 31) % 800 for i in range(330)]
+        for q in range(5):
+            question = [300 + q * 11 + i for i in range(8)]
+            groups.append(
+                submit(
+                    sched,
+                    f"s{p}q{q}",
+                    0,
+                    system + question,
+                    temperature=0.0,
+                    max_new_tokens=24,
+                    ignore_eos=True,
+                )
+            )
+    outs = [await asyncio.wait_for(collect(g), 30) for g in groups]
+    sched.stop()
+    await task
+    for o in outs:  # the scripted model's tokens: what attention grouping must not change
+        assert o[-1].output_ids == [token_at(p) for p in range(337, 361)]
+    assert sched.counters.cascade_steps > 0
+    assert max(size for size, _ in runner.cascade_groups) >= 4
+    assert {length for _, length in runner.cascade_groups} == {320}
+    sched.kv.check_invariant()
 
 
 async def test_output_queue_wakes_a_waiting_getter_in_order() -> None:

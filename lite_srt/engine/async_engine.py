@@ -345,6 +345,7 @@ class AsyncEngine:
             cache_hit_tokens_total=c.cache_hit_tokens,
             num_retractions_total=c.retractions,
             num_finished_total=c.finished,
+            cascade_steps_total=c.cascade_steps,
         )
 
 

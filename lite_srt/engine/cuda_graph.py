@@ -123,7 +123,13 @@ class CudaGraphRunner:
         return self.model(fb, self.pool) if self.with_logits else self.model.final_hidden(fb, self.pool)
 
     def can_run(self, fb: ForwardBatch) -> bool:
-        return fb.mode is ForwardMode.DECODE and 0 < fb.batch_size <= self.max_bs and bool(self.graphs)
+        # Cascade batches (rows sharing a prefix) run eagerly: the graphs hold the plain decode kernel.
+        return (
+            fb.mode is ForwardMode.DECODE
+            and fb.cascade is None
+            and 0 < fb.batch_size <= self.max_bs
+            and bool(self.graphs)
+        )
 
     def replay(self, fb: ForwardBatch) -> torch.Tensor:
         bs = fb.batch_size

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from lite_srt.engine.prefix_groups import CascadeBatch
 
 
 def list_to_device(values: list, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
@@ -56,6 +60,8 @@ class ForwardBatch:
     gather_idx: torch.Tensor | None = None
     gather_rows: torch.Tensor | None = None
     host: HostBatch | None = None
+    # Decode only: rows sharing a prefix, attended once per group (prefix_groups.py); None = plain decode.
+    cascade: CascadeBatch | None = None
 
     @property
     def batch_size(self) -> int:

@@ -95,3 +95,4 @@ class EngineStats:
     cache_hit_tokens_total: int  # prompt tokens served from the prefix cache
     num_retractions_total: int
     num_finished_total: int
+    cascade_steps_total: int = 0  # decode steps that read shared prefixes once per group

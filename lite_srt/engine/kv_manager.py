@@ -32,6 +32,9 @@ class KVManager:
         # is far cheaper than a tensor op (the table itself may live on the GPU).
         self._slots: dict[int, list[int]] = {}
         self._holders: set[Req] = set()  # requests with a table row
+        # Bumped whenever some request's cached (shareable) slots change: admission, cache_prompt, release.
+        # Decode appends leave it alone, so per-batch facts about shared prefixes can be reused until it moves.
+        self.version = 0
 
     # -- capacity ---------------------------------------------------------------------------------------
     @property
@@ -66,6 +69,7 @@ class KVManager:
             slots = match.slots
         self.table.write(row, 0, slots)
         self._slots[row] = slots.tolist()
+        self.version += 1
         req.cached_len = req.kv_len = int(slots.numel())
         req.last_slot = int(slots[-1]) if slots.numel() else -1
         return True
@@ -147,6 +151,7 @@ class KVManager:
         req.cache_handle, req.cached_len = match.handle, aligned
         self.table.write(req.row, 0, match.slots)  # duplicates of older entries now point at those
         self._slots[req.row] = match.slots.tolist() + self._slots[req.row][aligned:]
+        self.version += 1
 
     def slot_tensor(self, req: Req) -> torch.Tensor:
         assert req.row is not None
@@ -170,6 +175,7 @@ class KVManager:
             self._free_beyond(valid, slots)
         self.table.free(req.row)
         del self._slots[req.row]
+        self.version += 1
         self._holders.discard(req)
         req.row, req.cache_handle, req.cached_len, req.kv_len, req.last_slot = None, None, 0, 0, -1
 

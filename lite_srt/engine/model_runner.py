@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lite_srt import kernels
 from lite_srt.config import ServerArgs
 from lite_srt.distributed.group import TPGroup
 from lite_srt.distributed.step_sync import TableWrites, send_step
@@ -111,6 +112,16 @@ class ModelRunner:
         self.context_length = context_length
         self.chunked_prefill_size = args.chunked_prefill_size or _default_chunk(self.device)
         self.model = self._load_model(model_path)
+        # Cascade decode (prefix_groups.py) needs the CUDA kernel's tensor-core path (fp16/bf16, NVIDIA) and one
+        # rank: tensor-parallel workers rebuild each batch from its host tensors, which do not carry the groups.
+        self.cascade_attention = (
+            self.device.type == "cuda"
+            and torch.version.hip is None
+            and self.tp.size == 1
+            and self.dtype in (torch.float16, torch.bfloat16)
+            and cfg.head_dim in (64, 128)
+            and kernels.has_native("decode_attention_cascade", "cuda")
+        )
         try:
             self.pool = self._make_pool()
             # Extra rows beyond max_running_requests: a chunked prefill and shared n>1 prompts hold rows too.

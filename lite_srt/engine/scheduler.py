@@ -30,6 +30,7 @@ from lite_srt.engine.forward_batch import ForwardBatch, ForwardMode
 from lite_srt.engine.io import FinishReason, TokenLogprob
 from lite_srt.engine.kv_manager import KVManager
 from lite_srt.engine.model_runner import ModelRunner, StepResult
+from lite_srt.engine.prefix_groups import MIN_SAVED_KEYS, CascadeBatch, find_groups
 from lite_srt.engine.request import Req, ReqState, RequestGroup, SharedPrefix, make_output
 from lite_srt.engine.sampler import SamplerRow, SamplingBatch
 
@@ -68,6 +69,7 @@ class SchedulerCounters:
     retractions: int = 0
     finished: int = 0
     mixed_steps: int = 0  # prefill steps that also decoded running requests
+    cascade_steps: int = 0  # decode steps with cascade groups (prefix_groups.py)
 
 
 class Scheduler:
@@ -92,6 +94,9 @@ class Scheduler:
         self.new_token_ratio = _RATIO_INIT * args.schedule_conservativeness
         self.wakeup = asyncio.Event()
         self.stopped = False
+        # Cascade groups need the CUDA kernel and one rank (workers rebuild batches without them).
+        self.cascade = not args.disable_cascade_attention and runner.cascade_attention
+        self._cascade_memo: tuple[int, list[Req], CascadeBatch | None] | None = None
 
     # -- entry points (event loop) -------------------------------------------------------------------
     def add_group(self, group: RequestGroup, prefix_job: Req | None) -> None:
@@ -414,11 +419,28 @@ class Scheduler:
             self.runner.table.table,
             self.runner.device,
         )
+        if self.cascade:
+            fb.cascade = self._cascade_groups(reqs)
+            self.counters.cascade_steps += fb.cascade is not None
         sampling = self._sampling_batch(reqs)
         for r in reqs:
             r.pending += 1
         epochs = [r.epoch for r in reqs]
         return ScheduledBatch(ForwardMode.DECODE, reqs, reqs, epochs, list(range(n)), [], fb, sampling)
+
+    def _cascade_groups(self, reqs: list[Req]) -> CascadeBatch | None:
+        """The decode batch's cascade groups on the device, or None when they would save too little. Shared
+        prefixes change only when the batch's requests or some request's cached slots do (KVManager.version), so
+        the groups and their device tensors are reused across the steps in between."""
+        memo = self._cascade_memo
+        if memo is not None and memo[0] == self.kv.version and memo[1] == reqs:
+            return memo[2]
+        groups = find_groups([self.kv.slots_of(r) for r in reqs], [r.cached_len for r in reqs])
+        cascade = None
+        if groups is not None and groups.saved_keys >= MIN_SAVED_KEYS:
+            cascade = groups.to_device(self.runner.device)
+        self._cascade_memo = (self.kv.version, reqs, cascade)
+        return cascade
 
     def _sampling_batch(self, reqs: list[Req]) -> SamplingBatch:
         if all(len(r.output_ids) + r.pending >= r.plain_sampling_from for r in reqs):

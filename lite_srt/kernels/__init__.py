@@ -105,13 +105,23 @@ def _native_attention(name: str, q: torch.Tensor):
 
 
 def decode_attention(
-    q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale: float
+    q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale: float, cascade=None
 ) -> torch.Tensor:
+    """`cascade` (a prefix_groups.CascadeBatch) names rows sharing a prefix: the CUDA kernel reads each group's
+    shared keys once. The result is the same attention; ops without a cascade path ignore it."""
     op = _native_attention("decode_attention", q)
     if op is None:
         return ref.decode_attention(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale)
     out = torch.empty_like(q)
-    op(out, q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale)
+    cascade_op = _native_attention("decode_attention_cascade", q) if cascade is not None else None
+    if cascade_op is not None:
+        c = cascade
+        cascade_op(
+            out, q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale,
+            c.shared_lens, c.group_start, c.group_size, c.max_shared, c.max_group,
+        )  # fmt: skip
+    else:
+        op(out, q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale)
     return out
 
 

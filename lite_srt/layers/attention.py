@@ -28,7 +28,14 @@ class PagedAttention(nn.Module):
         kernels.store_kv(k_cache, v_cache, batch.out_cache_loc, k, v)
         if batch.mode is ForwardMode.DECODE:
             out = kernels.decode_attention(
-                q, k_cache, v_cache, batch.req_to_token, batch.req_pool_indices, batch.seq_lens, self.scale
+                q,
+                k_cache,
+                v_cache,
+                batch.req_to_token,
+                batch.req_pool_indices,
+                batch.seq_lens,
+                self.scale,
+                batch.cascade,
             )
         else:
             out = kernels.extend_attention(

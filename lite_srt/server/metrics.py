@@ -62,6 +62,9 @@ def _engine_families(s: EngineStats) -> Iterator[Metric]:
     yield counter("cache_hit_tokens", "Prompt tokens served from the prefix cache", s.cache_hit_tokens_total)
     yield counter("retractions", "Requests retracted when decode ran out of KV", s.num_retractions_total)
     yield counter("finished_requests", "Requests finished by the engine", s.num_finished_total)
+    yield counter(
+        "cascade_decode_steps", "Decode steps that read shared prefixes once per group", s.cascade_steps_total
+    )
 
 
 @dataclass
