@@ -52,7 +52,9 @@ class ServerArgs:
     # Memory and batching
     max_total_tokens: int | None = _opt("KV pool capacity in tokens (default: sized from memory)")
     mem_fraction_static: float | None = _opt("fraction of GPU memory for weights + KV pool (GPU only)")
-    max_running_requests: int = _opt("most requests decoding at once", 256)
+    max_running_requests: int | None = _opt(
+        "most requests decoding at once (default: from the KV pool, one per 1,024 tokens, 256 to 1,024)"
+    )
     max_queued_requests: int | None = _opt("answer 503 when this many requests wait (default: unbounded)")
     chunked_prefill_size: int | None = _opt(
         "per-step prefill token budget; long prompts are split in chunks (default: 8192 on GPUs with 60+ GiB, "
@@ -110,7 +112,7 @@ class ServerArgs:
             raise bad("page_size", f"must be >= 1, got {self.page_size}")
         if self.chunked_prefill_size is not None and self.chunked_prefill_size < 1:
             raise bad("chunked_prefill_size", f"must be >= 1, got {self.chunked_prefill_size}")
-        if self.max_running_requests < 1:
+        if self.max_running_requests is not None and self.max_running_requests < 1:
             raise bad("max_running_requests", f"must be >= 1, got {self.max_running_requests}")
         if self.max_total_tokens is not None and self.max_total_tokens < 1:
             raise bad("max_total_tokens", f"must be >= 1, got {self.max_total_tokens}")

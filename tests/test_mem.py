@@ -194,3 +194,11 @@ def test_create_prefix_cache_picks_by_flag_and_checks_page_size():
     assert type(auto).__name__ in ("RadixCache", "CppRadixCache")
     with pytest.raises(ValueError, match="page_size"):
         RadixCache(alloc, 2)
+
+
+def test_default_max_running_follows_the_kv_pool() -> None:
+    from lite_srt.engine.model_runner import default_max_running
+
+    assert default_max_running(4096) == 256  # small pools keep the earlier fixed default
+    assert default_max_running(818_284) == 799  # Llama-3.1-8B on an H200: one stream per 1,024 slots
+    assert default_max_running(50_000_000) == 1024

@@ -120,11 +120,12 @@ class AsyncEngine:
         self.scheduler: Scheduler | None = None
         self._task: asyncio.Task | None = None
         logger.info(
-            "KV cache: %d tokens (%s, page size %d), context length %d",
+            "KV cache: %d tokens (%s, page size %d), context length %d, up to %d running requests",
             self.max_total_tokens,
             self.runner.pool,
             args.page_size,
             self.context_length,
+            self.runner.max_running_requests,
         )
 
     def _load_tokenizer(self) -> Tokenizer:

@@ -124,8 +124,9 @@ class ModelRunner:
         )
         try:
             self.pool = self._make_pool()
+            self.max_running_requests = args.max_running_requests or default_max_running(self.pool.num_slots)
             # Extra rows beyond max_running_requests: a chunked prefill and shared n>1 prompts hold rows too.
-            self.table = ReqToTokenTable(args.max_running_requests * 2 + 16, context_length + 1, self.device)
+            self.table = ReqToTokenTable(self.max_running_requests * 2 + 16, context_length + 1, self.device)
             if self.tp.size > 1 and self.tp.is_driver:
                 self.table.enable_journal()
             # The last token sampled for each table row: decode steps read their inputs from here, so a step
@@ -220,7 +221,7 @@ class ModelRunner:
         dummy_row = self.table.alloc()  # padded graph rows read through it; never handed to a request
         assert dummy_row is not None
         max_bs = min(
-            self.args.cuda_graph_max_bs or _default_graph_max_bs(self.device), self.args.max_running_requests
+            self.args.cuda_graph_max_bs or _default_graph_max_bs(self.device), self.max_running_requests
         )
         if self.tp.custom_ar is not None:  # every captured all-reduce must fit its buffer
             max_bs = min(max_bs, self.tp.custom_ar.max_rows(self.cfg.hidden_size, self.dtype))
@@ -327,6 +328,15 @@ class ModelRunner:
         if self.graphs is not None and self.graphs.can_run(batch):
             return self.graphs.replay(batch)
         return self.model(batch, self.pool)
+
+
+def default_max_running(num_slots: int) -> int:
+    """Streams decoding at once when --max-running-requests is not given: one per 1,024 pool slots, as SGLang
+    sizes it from the pool rather than fixing it. At least 256 (the earlier fixed default, and what small pools
+    keep), at most 1,024 (the event loop's per-step cost grows with the streams, and so do the table's rows).
+    On an H200 with Llama-3.1-8B (818k slots) this gives 799: the shared-prefix benchmark's 512 requests decode
+    in one wave instead of two (docs/BENCHMARKS.md)."""
+    return max(256, min(1024, num_slots // 1024))
 
 
 def _default_graph_max_bs(device: torch.device) -> int:

@@ -94,6 +94,7 @@ class Scheduler:
         self.new_token_ratio = _RATIO_INIT * args.schedule_conservativeness
         self.wakeup = asyncio.Event()
         self.stopped = False
+        self.max_running = args.max_running_requests or runner.max_running_requests
         # Cascade groups need the CUDA kernel and one rank (workers rebuild batches without them).
         self.cascade = not args.disable_cascade_attention and runner.cascade_attention
         self._cascade_memo: tuple[int, list[Req], CascadeBatch | None] | None = None
@@ -215,7 +216,7 @@ class Scheduler:
             reqs.append(req)
             new_slots.append(slots)
             budget -= len(slots)
-        capacity = self.args.max_running_requests - len(self.running)
+        capacity = self.max_running - len(self.running)
         for req in self._ordered_waiting():
             if budget <= 0 or len(reqs) >= capacity or self.chunked is not None:
                 break
