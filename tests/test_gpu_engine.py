@@ -73,36 +73,39 @@ def test_real_model_greedy_on_gpu(smollm_gguf_path, hf_reference, dtype, n_exact
 
 def test_cascade_decode_matches_plain_decode_on_the_real_model(smollm_gguf_path, monkeypatch):
     """Requests sharing a cached 640-token prefix decode through cascade groups (the shared keys read once per
-    group, prefix_groups.py) and give the greedy tokens of plain decode (--disable-cascade-attention). bfloat16,
-    the only dtype with a cascade path: the two kernels round differently, so as against transformers the first
-    8 tokens must match exactly."""
-    from lite_srt import Engine
+    group, prefix_groups.py). Every cascade attention call of the real model (strided q, the live table and
+    pool) is checked against plain decode attention on the same inputs: within bf16 rounding (1e-2 of the
+    output's magnitude, as the kernel tests). Whole generations are not compared: on this synthetic prompt the
+    logits are flat, and a rounding difference flips a near-tie argmax."""
+    from lite_srt import Engine, kernels
     from lite_srt.engine import scheduler
 
     monkeypatch.setattr(
         scheduler, "MIN_SAVED_KEYS", 0
     )  # 12 requests save fewer keys than the serving threshold
+    real = kernels.decode_attention
+    errors: list[float] = []
+
+    def checked(q, k_cache, v_cache, table, rows, seq_lens, scale, cascade=None):
+        out = real(q, k_cache, v_cache, table, rows, seq_lens, scale, cascade)
+        if cascade is not None:
+            plain = real(q, k_cache, v_cache, table, rows, seq_lens, scale).float()
+            errors.append(((out.float() - plain).abs().max() / plain.abs().max()).item())
+        return out
+
+    monkeypatch.setattr(kernels, "decode_attention", checked)
     prefix = [1000 + (i * 37) % 20000 for i in range(640)]
     prompts = [prefix + [30000 + 7 * q + i for i in range(5)] for q in range(12)]
     params = {"max_new_tokens": 16, "temperature": 0}
-    outputs = {}
-    for cascade in (True, False):
-        e = Engine(
-            model_path=smollm_gguf_path,
-            device="cuda",
-            dtype="bfloat16",
-            max_total_tokens=32768,
-            disable_cascade_attention=not cascade,
-        )
-        try:
-            assert e.core.runner.cascade_attention
-            e.generate(input_ids=prefix + [5], sampling_params=params)  # caches the prefix
-            outputs[cascade] = [
-                o["output_ids"] for o in e.generate(input_ids=prompts, sampling_params=params)
-            ]
-            steps = e.core.stats().cascade_steps_total
-            assert steps > 0 if cascade else steps == 0
-        finally:
-            e.shutdown()
-    for with_cascade, plain in zip(outputs[True], outputs[False]):
-        assert with_cascade[:8] == plain[:8]
+    e = Engine(model_path=smollm_gguf_path, device="cuda", dtype="bfloat16", max_total_tokens=32768)
+    try:
+        assert e.core.runner.cascade_attention
+        e.generate(input_ids=prefix + [5], sampling_params=params)  # caches the prefix
+        outs = e.generate(input_ids=prompts, sampling_params=params)
+        steps = e.core.stats().cascade_steps_total
+    finally:
+        e.shutdown()
+    print(f"cascade vs plain attention: {len(errors)} calls, max relative error {max(errors, default=0):.2e}")
+    assert all(len(o["output_ids"]) == 16 for o in outs)
+    assert steps >= 10 and len(errors) >= 10 * 30  # every layer of most decode steps
+    assert max(errors) <= 1e-2, f"cascade vs plain attention: max relative error {max(errors):.3g}"
