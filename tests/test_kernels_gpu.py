@@ -111,8 +111,10 @@ def make_cascade_table(groups: list[tuple[int, int]], own: list[int], s: int) ->
         ([(16, 2048)], [1, 5, 64, 65, 130, 1, 2, 3, 200, 17, 9, 1, 1, 1, 1, 70]),
         ([(3, 256), (1, 512), (5, 64 * 7)], [1, 100, 3, 40, 64, 65, 1, 2, 300]),
         ([(2, 64)] * 3 + [(16, 4096), (7, 1024)], [1] * 6 + list(range(1, 24))),
+        # Enough rows for one key split: the decode kernel folds the shared partials in (no merge launch).
+        ([(16, 512)] * 5 + [(1, 300)] + [(8, 1024)] * 2, [1 + (i * 37) % 200 for i in range(97)]),
     ],
-    ids=["one-group-2k", "mixed-with-loner", "many-groups"],
+    ids=["one-group-2k", "mixed-with-loner", "many-groups", "one-split"],
 )
 def test_decode_attention_cascade_matches_reference(dtype, hq, hkv, d, groups, own) -> None:
     """Rows of a group attend their shared prefix through the shared kernel and their own keys through the decode
