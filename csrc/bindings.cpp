@@ -391,7 +391,8 @@ void decode_attention_cuda(at::Tensor out, at::Tensor q, at::Tensor k_cache, at:
 void decode_attention_cascade_cuda(at::Tensor out, at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
                                    at::Tensor req_to_token, at::Tensor req_pool_indices, at::Tensor seq_lens,
                                    double scale, at::Tensor shared_lens, at::Tensor group_start,
-                                   at::Tensor group_size, int64_t max_shared, int64_t max_group) {
+                                   at::Tensor group_size, int64_t max_shared, int64_t max_group,
+                                   int64_t shared_splits) {
   const char* op = "decode_attention_cascade";
   const c10::cuda::CUDAGuard guard = guard_for(q, op, "q");
   const AttentionArgs a =
@@ -408,8 +409,10 @@ void decode_attention_cascade_cuda(at::Tensor out, at::Tensor q, at::Tensor k_ca
   TORCH_CHECK_VALUE(max_shared >= 0 && max_group >= 1 && max_group <= a.batch, op,
                     ": max_shared must be >= 0 and max_group in [1, batch], got ", std::to_string(max_shared), " and ",
                     std::to_string(max_group));
+  TORCH_CHECK_VALUE(shared_splits >= 0, op, ": shared_splits must be >= 0, got ", std::to_string(shared_splits));
   c.max_shared = max_shared;
   c.max_group = max_group;
+  c.shared_splits = shared_splits;
   const int64_t bytes = decode_attention_workspace_bytes(a, &c);
   at::Tensor workspace = at::empty({std::max<int64_t>(bytes, 1)}, q.options().dtype(at::kByte));
   launch_decode_attention(a, &c, workspace.data_ptr(), stream_for(q));
@@ -568,7 +571,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "decode attention where groups of rows share a prefix's KV (attended once per group)", py::arg("out"),
         py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("req_to_token"), py::arg("req_pool_indices"),
         py::arg("seq_lens"), py::arg("scale"), py::arg("shared_lens"), py::arg("group_start"),
-        py::arg("group_size"), py::arg("max_shared"), py::arg("max_group"));
+        py::arg("group_size"), py::arg("max_shared"), py::arg("max_group"), py::arg("shared_splits") = 0);
   m.def("extend_attention_cuda", &extend_attention_cuda, py::arg("out"), py::arg("q"), py::arg("k_cache"),
         py::arg("v_cache"), py::arg("req_to_token"), py::arg("req_pool_indices"), py::arg("seq_lens"),
         py::arg("extend_lens"), py::arg("extend_start_loc"), py::arg("scale"));

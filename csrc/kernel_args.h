@@ -113,6 +113,7 @@ struct CascadeArgs {
   int64_t num_groups;
   int64_t max_shared;  // the longest shared length (sizes the split of the shared keys)
   int64_t max_group;   // the largest group (sizes the blocks' row chunks)
+  int64_t shared_splits;  // splits of the shared keys; 0 = chosen from the groups (CUDA graphs fix it instead)
 };
 
 }  // namespace lite_srt

@@ -97,7 +97,14 @@ def test_cascade_decode_matches_plain_decode_on_the_real_model(smollm_gguf_path,
     prefix = [1000 + (i * 37) % 20000 for i in range(640)]
     prompts = [prefix + [30000 + 7 * q + i for i in range(5)] for q in range(12)]
     params = {"max_new_tokens": 16, "temperature": 0}
-    e = Engine(model_path=smollm_gguf_path, device="cuda", dtype="bfloat16", max_total_tokens=32768)
+    # Eager: captured cascade graphs would replay without calling the check (test below covers graphs).
+    e = Engine(
+        model_path=smollm_gguf_path,
+        device="cuda",
+        dtype="bfloat16",
+        max_total_tokens=32768,
+        disable_cuda_graph=True,
+    )
     try:
         assert e.core.runner.cascade_attention
         e.generate(input_ids=prefix + [5], sampling_params=params)  # caches the prefix
@@ -109,3 +116,38 @@ def test_cascade_decode_matches_plain_decode_on_the_real_model(smollm_gguf_path,
     assert all(len(o["output_ids"]) == 16 for o in outs)
     assert steps >= 10 and len(errors) >= 10 * 30  # every layer of most decode steps
     assert max(errors) <= 1e-2, f"cascade vs plain attention: max relative error {max(errors):.3g}"
+
+
+def test_cascade_in_cuda_graphs_matches_plain_decode(smollm_gguf_path, monkeypatch):
+    """20 requests on a cached ~600-token story decode through the captured cascade graphs (batch 20 replays the
+    size-24 cascade graph, groups loaded into its buffers) and generate what plain decode generates. Natural text
+    keeps the logits peaked, so bf16 rounding differences rarely flip a greedy token: 16 of 20 must match."""
+    from lite_srt import Engine
+    from lite_srt.engine import scheduler
+
+    monkeypatch.setattr(scheduler, "MIN_SAVED_KEYS", 0)
+    story = " ".join(
+        f"Day {i}: the keeper of the lighthouse on the northern island wrote that the sea was calm, the lamp "
+        "was clean and every ship passed safely."
+        for i in range(20)
+    )
+    prompts = [f"{story}\nQuestion {q}: what did the keeper write on day {q}? Answer:" for q in range(20)]
+    params = {"max_new_tokens": 8, "temperature": 0, "ignore_eos": True}
+    outputs, replays = {}, {}
+    for cascade in (True, False):
+        e = Engine(
+            model_path=smollm_gguf_path,
+            device="cuda",
+            dtype="bfloat16",
+            max_total_tokens=65536,
+            disable_cascade_attention=not cascade,
+        )
+        try:
+            e.generate(prompt=story, sampling_params=params)  # caches the story
+            outputs[cascade] = [o["output_ids"] for o in e.generate(prompt=prompts, sampling_params=params)]
+            replays[cascade] = e.core.runner.graphs.cascade_replays
+        finally:
+            e.shutdown()
+    assert replays[True] >= 5 and replays[False] == 0, replays  # 7 decode steps
+    same = sum(a == b for a, b in zip(outputs[True], outputs[False]))
+    assert same >= 16, f"only {same} of 20 generations match plain decode"

@@ -506,8 +506,8 @@ DecodePlan plan_decode(const AttentionArgs& a, const CascadeArgs* c) {
     plan.row_chunks = static_cast<int>(ceil_div(std::max<int64_t>(c->max_group, 1) * group, kGroupRows));
     const int64_t shared_blocks = c->num_groups * a.kv_heads * plan.row_chunks;
     const int64_t by_len = std::max<int64_t>(1, c->max_shared / (2 * kTileKeys));
-    plan.shared_splits = static_cast<int>(
-        std::clamp<int64_t>(ceil_div(target, shared_blocks), 1, std::min<int64_t>(kMaxSharedSplits, by_len)));
+    const int64_t splits = c->shared_splits > 0 ? c->shared_splits : ceil_div(target, shared_blocks);
+    plan.shared_splits = static_cast<int>(std::clamp<int64_t>(splits, 1, std::min<int64_t>(kMaxSharedSplits, by_len)));
   }
 #endif
   return plan;

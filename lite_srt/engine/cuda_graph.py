@@ -4,6 +4,10 @@ Eager decode launches hundreds of small kernels per step, each costing ~10 us of
 ~1 us per node. Batches are padded up to the next captured size; padded rows read and write only the pool's
 dummy slot, through a table row reserved for them.
 
+With cascade attention (prefix_groups.py) each size from CASCADE_MIN_BS up is captured twice, the second time
+with the cascade kernels reading groups from fixed-size buffers: unused groups have size 0 and exit at once, and
+each shared split sizes itself from the group's device-side shared length, so one capture serves any grouping.
+
 Under tensor parallelism the graphs hold the model up to the final norm, with every all-reduce going through the
 custom all-reduce (an ordinary kernel); the LM head and its NCCL all-gather of the vocabulary run eagerly after
 the replay (`with_logits=False`).
@@ -20,9 +24,16 @@ from dataclasses import dataclass
 import torch
 
 from lite_srt.engine.forward_batch import ForwardBatch, ForwardMode
+from lite_srt.engine.prefix_groups import MAX_GROUP, CascadeBatch
 from lite_srt.mem.kv_pool import KVPool
 
 logger = logging.getLogger(__name__)
+
+CASCADE_MIN_BS = 16  # smaller batches rarely hold groups worth the extra kernels
+# Captured cascade graphs cannot size the shared split from the step's groups; 4 splits keep 16-32 groups of a
+# 2k prefix at 512-1,024 blocks (eager picks 2-3 there, docs/BENCHMARKS.md).
+GRAPH_SHARED_SPLITS = 4
+_ANY_SHARED = 1 << 30  # captured graphs take any shared length (the kernel reads the real one on the device)
 
 
 def capture_batch_sizes(max_bs: int) -> list[int]:
@@ -44,6 +55,9 @@ class GraphInputs:
     seq_lens: torch.Tensor
     ones: torch.Tensor
     arange: torch.Tensor
+    shared_lens: torch.Tensor  # cascade buffers: rows' shared lengths, then group starts and sizes
+    group_start: torch.Tensor
+    group_size: torch.Tensor
 
     @classmethod
     def allocate(cls, max_bs: int, device: torch.device, dummy_slot: int, dummy_row: int) -> GraphInputs:
@@ -58,7 +72,27 @@ class GraphInputs:
             seq_lens=full(1),
             ones=full(1),
             arange=torch.arange(max_bs, dtype=torch.int64, device=device),
+            shared_lens=full(0),
+            group_start=full(0)[: max(1, max_bs // 2)],
+            group_size=full(0)[: max(1, max_bs // 2)],
         )
+
+    def cascade(self, bs: int) -> CascadeBatch:
+        """The cascade view of the buffers for a graph of bs rows (at most bs // 2 groups of >= 2 rows)."""
+        g = bs // 2
+        return CascadeBatch(
+            self.shared_lens[:bs], self.group_start[:g], self.group_size[:g], _ANY_SHARED, MAX_GROUP,
+            GRAPH_SHARED_SPLITS,
+        )  # fmt: skip
+
+    def load_cascade(self, c: CascadeBatch, bs: int, padded: int) -> None:
+        """Copies a step's groups into the buffers; padded rows and unused groups are zeros."""
+        g = c.group_start.shape[0]
+        self.shared_lens[:bs].copy_(c.shared_lens, non_blocking=True)
+        self.shared_lens[bs:padded].zero_()
+        self.group_start[:g].copy_(c.group_start, non_blocking=True)
+        self.group_size[:g].copy_(c.group_size, non_blocking=True)
+        self.group_size[g : padded // 2].zero_()
 
     def batch(self, bs: int, req_to_token: torch.Tensor) -> ForwardBatch:
         return ForwardBatch(
@@ -84,6 +118,7 @@ class CudaGraphRunner:
         dummy_row: int,
         max_bs: int,
         with_logits: bool = True,
+        cascade: bool = False,
     ) -> None:
         self.model, self.pool, self.req_to_token = model, pool, req_to_token
         self.with_logits = with_logits
@@ -91,8 +126,11 @@ class CudaGraphRunner:
         self.sizes = capture_batch_sizes(max_bs)
         self.max_bs = self.sizes[-1]
         self.inputs = GraphInputs.allocate(self.max_bs, pool.device, self.dummy_slot, dummy_row)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
+        # (bs, cascade) -> graph and its output
+        self.graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[tuple[int, bool], torch.Tensor] = {}
+        self.cascade = cascade
+        self.cascade_replays = 0  # replays of cascade graphs (tests and A/B runs read it)
         req_to_token[dummy_row].fill_(self.dummy_slot)
 
     @torch.inference_mode()
@@ -103,19 +141,23 @@ class CudaGraphRunner:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for bs in reversed(self.sizes):  # largest first: smaller graphs reuse its memory pool
-                fb = self.inputs.batch(bs, self.req_to_token)
-                for _ in range(2):  # warm-up: lazy initialisation must not happen inside capture
-                    self._forward(fb)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=mem_pool, stream=stream):
-                    self.outputs[bs] = self._forward(fb)
-                self.graphs[bs] = graph
+                for cascade in (False, True) if self.cascade and bs >= CASCADE_MIN_BS else (False,):
+                    fb = self.inputs.batch(bs, self.req_to_token)
+                    fb.cascade = self.inputs.cascade(bs) if cascade else None
+                    for _ in range(2):  # warm-up: lazy initialisation must not happen inside capture
+                        self._forward(fb)
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=mem_pool, stream=stream):
+                        self.outputs[bs, cascade] = self._forward(fb)
+                    self.graphs[bs, cascade] = graph
         torch.cuda.current_stream().wait_stream(stream)
         torch.cuda.synchronize()
         logger.info(
-            "captured CUDA graphs for %d decode batch sizes (1..%d) in %.1f s",
+            "captured %d CUDA graphs for %d decode batch sizes (1..%d%s) in %.1f s",
+            len(self.graphs),
             len(self.sizes),
             self.max_bs,
+            f"; cascade from {CASCADE_MIN_BS}" if self.cascade else "",
             time.perf_counter() - t0,
         )
 
@@ -123,17 +165,19 @@ class CudaGraphRunner:
         return self.model(fb, self.pool) if self.with_logits else self.model.final_hidden(fb, self.pool)
 
     def can_run(self, fb: ForwardBatch) -> bool:
-        # Cascade batches (rows sharing a prefix) run eagerly: the graphs hold the plain decode kernel.
-        return (
-            fb.mode is ForwardMode.DECODE
-            and fb.cascade is None
-            and 0 < fb.batch_size <= self.max_bs
-            and bool(self.graphs)
-        )
+        if fb.mode is not ForwardMode.DECODE or not 0 < fb.batch_size <= self.max_bs or not self.graphs:
+            return False
+        if fb.cascade is None:
+            return True
+        # Groups fit the buffers by construction (>= 2 rows each, <= MAX_GROUP rows).
+        return (self._padded(fb.batch_size), True) in self.graphs and fb.cascade.max_group <= MAX_GROUP
+
+    def _padded(self, bs: int) -> int:
+        return next(s for s in self.sizes if s >= bs)
 
     def replay(self, fb: ForwardBatch) -> torch.Tensor:
         bs = fb.batch_size
-        padded = next(s for s in self.sizes if s >= bs)
+        padded = self._padded(bs)
         inp = self.inputs
         inp.input_ids[:bs].copy_(fb.input_ids, non_blocking=True)
         inp.positions[:bs].copy_(fb.positions, non_blocking=True)
@@ -145,6 +189,10 @@ class CudaGraphRunner:
             inp.req_pool_indices[bs:padded].fill_(self.dummy_row)
             inp.seq_lens[bs:padded].fill_(1)
             inp.positions[bs:padded].zero_()
-        self.graphs[padded].replay()
-        out = self.outputs[padded][:bs]
+        cascade = fb.cascade is not None
+        if fb.cascade is not None:
+            inp.load_cascade(fb.cascade, bs, padded)
+            self.cascade_replays += 1
+        self.graphs[padded, cascade].replay()
+        out = self.outputs[padded, cascade][:bs]
         return out if self.with_logits else self.model.compute_logits(out)

@@ -226,7 +226,13 @@ class ModelRunner:
         if self.tp.custom_ar is not None:  # every captured all-reduce must fit its buffer
             max_bs = min(max_bs, self.tp.custom_ar.max_rows(self.cfg.hidden_size, self.dtype))
         runner = CudaGraphRunner(
-            self.model, self.pool, self.table.table, dummy_row, max_bs, with_logits=self.tp.size == 1
+            self.model,
+            self.pool,
+            self.table.table,
+            dummy_row,
+            max_bs,
+            with_logits=self.tp.size == 1,
+            cascade=self.cascade_attention and not self.args.disable_cascade_attention,
         )
         runner.capture()
         return runner
@@ -340,9 +346,11 @@ def default_max_running(num_slots: int) -> int:
 
 
 def _default_graph_max_bs(device: torch.device) -> int:
-    """Graphs cost memory per captured size; big GPUs capture up to 256 rows, smaller ones less."""
+    """Graphs cost memory per captured size (decode activations: small; capture takes ~1 s per 30 sizes). The
+    biggest GPUs (H200) capture up to 512 rows, so a 512-stream decode (e.g. many requests sharing a prefix, with
+    cascade attention) does not fall back to eager launches, which measured host-bound there."""
     total = torch.cuda.get_device_properties(device).total_memory
-    return 256 if total > 60 * 2**30 else 160 if total > 30 * 2**30 else 64
+    return 512 if total > 100 * 2**30 else 256 if total > 60 * 2**30 else 160 if total > 30 * 2**30 else 64
 
 
 def _default_chunk(device: torch.device) -> int:

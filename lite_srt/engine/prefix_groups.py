@@ -25,9 +25,9 @@ MIN_SHARED = 256  # positions; a shorter shared prefix saves less than the extra
 # Rows of one block of the shared kernel: 16 requests x 4 query heads of a GQA-4 model = 64 mma rows. Longer runs
 # are cut into several groups (each reads the shared keys once).
 MAX_GROUP = 16
-# Cascade batches run eagerly (the captured graphs hold the plain kernel). Below this many key reads saved per
-# layer, the graph's saving (~0.2-0.3 ms a step) is worth more than the cascade's: at ~0.8 ns per key and row in a
-# layer (docs/BENCHMARKS.md, bench_prefix_order) 16k keys x 32 layers is ~0.4 ms.
+# Below this many key reads saved per layer the cascade's two extra kernels per layer (shared pass, merge) cost
+# about what it saves: at ~0.8 ns per key and row in a layer (docs/BENCHMARKS.md, bench_prefix_order) 16k keys x
+# 32 layers is ~0.4 ms. Batches below cuda_graph.CASCADE_MIN_BS also lose their graph with a cascade.
 MIN_SAVED_KEYS = 16384
 
 
@@ -56,6 +56,7 @@ class CascadeBatch:
     group_size: torch.Tensor  # [G] int64
     max_shared: int
     max_group: int
+    shared_splits: int = 0  # 0: the kernel picks from the groups; captured graphs fix it
 
 
 @dataclass

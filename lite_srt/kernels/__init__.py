@@ -118,7 +118,7 @@ def decode_attention(
         c = cascade
         cascade_op(
             out, q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale,
-            c.shared_lens, c.group_start, c.group_size, c.max_shared, c.max_group,
+            c.shared_lens, c.group_start, c.group_size, c.max_shared, c.max_group, c.shared_splits,
         )  # fmt: skip
     else:
         op(out, q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale)
