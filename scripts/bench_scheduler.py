@@ -2,6 +2,7 @@
 
   python scripts/bench_scheduler.py                       # 64/128/256 streams, 128 in / 512 out, overlap on+off
   python scripts/bench_scheduler.py --streams 256 --tokenizer /path/model.gguf --profile out.prof
+  python scripts/bench_scheduler.py --streams 512 --shared-prefix 2048 --cascade   # + cascade grouping
 
 Drives the real `Scheduler` (built the way `AsyncEngine.start` builds it) with a fake runner whose `step`
 returns random tokens at once: no forward pass, CPU tensors only. Requests are created the way
@@ -78,12 +79,22 @@ class FakeRunner:
         return StepResult(tokens, None, None, None, 0.0)
 
 
-def make_groups(n: int, input_len: int, params: SamplingParams, tokenizer, seed: int) -> list[RequestGroup]:
+def make_groups(
+    n: int,
+    input_len: int,
+    params: SamplingParams,
+    tokenizer,
+    seed: int,
+    shared: int = 0,
+    per_prefix: int = 16,
+) -> list[RequestGroup]:
+    """n requests of input_len random ids, after a `shared`-token prefix common to each run of per_prefix."""
     rng = random.Random(seed)
+    prefixes = [[rng.randrange(100, VOCAB) for _ in range(shared)] for _ in range(-(-n // per_prefix))]
     groups = []
     for i in range(n):
         group = RequestGroup(f"r{i}", 1)
-        ids = [rng.randrange(100, VOCAB) for _ in range(input_len)]
+        ids = prefixes[i // per_prefix] + [rng.randrange(100, VOCAB) for _ in range(input_len)]
         req = Req(rid=group.rid, index=0, input_ids=ids, params=params, seed=i, group=group, eos_ids=EOS_IDS)
         init_output_state(req, tokenizer)
         group.reqs.append(req)
@@ -99,8 +110,9 @@ async def consume(stream: RequestStream) -> int:
 
 
 async def run_case(args: argparse.Namespace, streams: int, overlap: bool, tokenizer) -> dict:
-    context = args.input_len + args.output_len + 8
+    context = args.shared_prefix + args.input_len + args.output_len + 8
     runner = FakeRunner.create(streams * context + 1024, streams, context, args.seed)
+    runner.cascade_attention = args.cascade
     sargs = ServerArgs(
         max_running_requests=streams,
         disable_overlap_schedule=not overlap,
@@ -119,7 +131,9 @@ async def run_case(args: argparse.Namespace, streams: int, overlap: bool, tokeni
         stop=list(args.stop or []),
     )
     params.validate()
-    groups = make_groups(streams, args.input_len, params, tokenizer, args.seed)
+    groups = make_groups(
+        streams, args.input_len, params, tokenizer, args.seed, args.shared_prefix, args.per_prefix
+    )
     prof = cProfile.Profile() if args.profile else None
     t0 = time.perf_counter()
     if prof:
@@ -145,6 +159,7 @@ async def run_case(args: argparse.Namespace, streams: int, overlap: bool, tokeni
         "us_per_request_token": us_step / streams,
         "wall_s": wall,
         "tokens": sched.counters.generation_tokens,
+        "cascade_steps": sched.counters.cascade_steps,
     }
 
 
@@ -172,6 +187,13 @@ def main() -> None:
         "--loop", choices=["uvloop", "asyncio"], default="uvloop", help="the server runs on uvloop"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--shared-prefix", type=int, default=0, help="tokens of a prefix shared by --per-prefix requests"
+    )
+    p.add_argument("--per-prefix", type=int, default=16)
+    p.add_argument(
+        "--cascade", action="store_true", help="let the scheduler build cascade groups (as on a GPU)"
+    )
     p.add_argument("--profile", help="write cProfile stats to PROFILE.<streams>.<mode>")
     p.add_argument("--out", default="bench_scheduler.json")
     args = p.parse_args()
