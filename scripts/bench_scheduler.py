@@ -55,6 +55,7 @@ class FakeRunner:
     tokens: list[int]  # pre-drawn random tokens, handed out in slices so `step` itself costs ~nothing
     decode_steps: list[tuple[float, int]] = field(default_factory=list)  # (time, batch size)
     cascade_attention: bool = False
+    max_running_requests: int = 256
 
     @classmethod
     def create(cls, num_slots: int, max_running: int, context_length: int, seed: int) -> FakeRunner:
@@ -65,6 +66,7 @@ class FakeRunner:
             next_tokens=torch.zeros(table.max_reqs, dtype=torch.int64),
             device=torch.device("cpu"),
             chunked_prefill_size=2048,
+            max_running_requests=max_running,
             tokens=[random.Random(seed).randrange(100, VOCAB) for _ in range(1 << 16)],
         )
 

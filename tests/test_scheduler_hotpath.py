@@ -44,6 +44,7 @@ class ScriptedRunner:
     device: torch.device = torch.device("cpu")
     chunked_prefill_size: int = 64
     cascade_attention: bool = False
+    max_running_requests: int = 8
     next_tokens: torch.Tensor = field(default_factory=lambda: torch.zeros(64, dtype=torch.int64))
     decode_batches: int = 0
     cascade_groups: list[tuple[int, int]] = field(
@@ -97,7 +98,9 @@ def make_scheduler(
     overlap: bool, max_running: int = 8, context: int = CONTEXT, cascade: bool = False
 ) -> tuple[Scheduler, ScriptedRunner]:
     runner = ScriptedRunner(
-        ReqToTokenTable(max_running * 2 + 16, context + 1, "cpu"), cascade_attention=cascade
+        ReqToTokenTable(max_running * 2 + 16, context + 1, "cpu"),
+        cascade_attention=cascade,
+        max_running_requests=max_running,
     )
     args = ServerArgs(max_running_requests=max_running, disable_overlap_schedule=not overlap)
 

@@ -112,10 +112,12 @@ class ModelRunner:
         self.context_length = context_length
         self.chunked_prefill_size = args.chunked_prefill_size or _default_chunk(self.device)
         self.model = self._load_model(model_path)
-        # Cascade decode (prefix_groups.py) needs the CUDA kernel's tensor-core path (fp16/bf16, NVIDIA) and one
-        # rank: tensor-parallel workers rebuild each batch from its host tensors, which do not carry the groups.
+        # Cascade decode (prefix_groups.py), unless turned off: it needs the CUDA kernel's tensor-core path
+        # (fp16/bf16, NVIDIA) and one rank (tensor-parallel workers rebuild each batch from its host tensors, which
+        # do not carry the groups). The scheduler and the graph capture both read this one flag.
         self.cascade_attention = (
-            self.device.type == "cuda"
+            not args.disable_cascade_attention
+            and self.device.type == "cuda"
             and torch.version.hip is None
             and self.tp.size == 1
             and self.dtype in (torch.float16, torch.bfloat16)
@@ -232,7 +234,7 @@ class ModelRunner:
             dummy_row,
             max_bs,
             with_logits=self.tp.size == 1,
-            cascade=self.cascade_attention and not self.args.disable_cascade_attention,
+            cascade=self.cascade_attention,
         )
         runner.capture()
         return runner

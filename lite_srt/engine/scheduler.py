@@ -94,9 +94,8 @@ class Scheduler:
         self.new_token_ratio = _RATIO_INIT * args.schedule_conservativeness
         self.wakeup = asyncio.Event()
         self.stopped = False
-        self.max_running = args.max_running_requests or runner.max_running_requests
-        # Cascade groups need the CUDA kernel and one rank (workers rebuild batches without them).
-        self.cascade = not args.disable_cascade_attention and runner.cascade_attention
+        self.max_running = runner.max_running_requests  # the flag, or the runner's pool-sized default
+        self.cascade = runner.cascade_attention
         self._cascade_memo: tuple[int, list[Req], CascadeBatch | None] | None = None
 
     # -- entry points (event loop) -------------------------------------------------------------------
