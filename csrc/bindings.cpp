@@ -20,6 +20,7 @@
 #include "attention/attention.h"
 #include "cache/store_kv.h"
 #include "comm/all_reduce.h"
+#include "launch.h"
 #include "ops/gemv.h"
 #include "ops/ops.h"
 #endif
@@ -585,6 +586,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("all_reduce_cuda", &all_reduce_cuda, "in-place one-shot sum over the ranks' IPC buffers", py::arg("t"),
         py::arg("buffers"), py::arg("rank"), py::arg("capacity"));
   m.attr("ar_header_bytes") = py::int_(kArHeaderBytes);
+  m.def("pdl_enabled_cuda", &pdl_enabled,
+        "whether kernels on the current device use programmatic dependent launch (LITE_SRT_PDL=0 turns it off)");
 #endif
 #ifdef LITE_SRT_WITH_RADIX
   register_radix_tree(m);

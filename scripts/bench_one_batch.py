@@ -152,6 +152,7 @@ def main() -> None:
             r = run_case(runner, bs, n, a.output_len)
             r["cuda_graph"] = runner.graphs is not None
             r["custom_all_reduce"] = tp.custom_ar is not None
+            r["pdl"] = runner.pdl
             results.append(r)
             print(json.dumps(r), flush=True)
     if workers is not None:
@@ -163,7 +164,7 @@ def main() -> None:
         json.dump({"device": device, "args": vars(a), "results": results}, f, indent=2)
     print(
         f"\n{device}, {a.model_path} ({runner.dtype}), tp {a.tp_size}, cuda graphs: {runner.graphs is not None},"
-        f" custom all-reduce: {tp.custom_ar is not None}"
+        f" custom all-reduce: {tp.custom_ar is not None}, PDL: {runner.pdl}"
     )
     print(
         f"{'bs':>4}{'in':>6}{'prefill ms':>12}{'prefill TF/s':>13}{'decode ms':>11}{'tok/s':>9}{'GB/s':>8}"

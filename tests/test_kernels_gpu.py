@@ -7,6 +7,7 @@ Tolerance as for bf16/fp16: max error relative to the output's magnitude <= 1e-2
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -424,3 +425,75 @@ def test_gemv_cuda_rejects_bad_arguments() -> None:
         _C.gemv_cuda(out, torch.randn(2, 65, device=DEV, dtype=torch.bfloat16)[:, 1:], w, None, False)
     with pytest.raises(ValueError, match="GPU"):
         _C.gemv_cuda(out, x.cpu(), w, None, False)
+
+
+# ---------------------------------------------------------------- programmatic dependent launch (csrc/launch.cuh)
+
+
+def test_pdl_is_on_for_hopper_and_off_by_env() -> None:
+    """The default build (sm_80 and sm_90a) launches with PDL on sm_90+ devices; LITE_SRT_PDL=0 turns it off."""
+    import subprocess
+    import sys
+
+    from lite_srt import kernels
+
+    hopper = torch.cuda.get_device_capability()[0] >= 9
+    if os.environ.get("LITE_SRT_PDL", "1") != "0":
+        assert kernels.pdl_enabled(torch.device(DEV)) == hopper
+    probe = "import torch; from lite_srt import kernels; print(kernels.pdl_enabled(torch.device('cuda')))"
+    env = {**os.environ, "LITE_SRT_PDL": "0"}
+    res = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_dependent_kernel_chain_replayed_in_a_graph_matches_step_by_step() -> None:
+    """Twenty dependent launches (norm -> GEMV -> split decode attention + merge -> GEMV -> silu, four times)
+    captured in one CUDA graph. Under PDL each kernel starts before its producer has finished, so one that read
+    its input or wrote its output before pdl_wait() would mix in the previous replay's values. Every replay on
+    fresh inputs must equal, bit for bit, the same kernels run one at a time with a sync after each."""
+    k, hq, hkv, d, ctx = 4096, 32, 8, 128, 1000
+    dt = torch.bfloat16
+    norm_w = torch.rand(k, device=DEV, dtype=dt) + 0.5
+    w_q = torch.randn(k, k, device=DEV, dtype=dt) / math.sqrt(k)
+    w_up = torch.randn(2 * k, k, device=DEV, dtype=dt) / math.sqrt(k)
+    k_cache = torch.randn(ctx + 8, hkv, d, device=DEV, dtype=dt)
+    v_cache = torch.randn(ctx + 8, hkv, d, device=DEV, dtype=dt)
+    table, rows = make_table([ctx], ctx + 8)
+    lens = torch.tensor([ctx], device=DEV)
+    x = torch.zeros(1, k, device=DEV, dtype=dt)
+
+    def chain(sync: bool) -> torch.Tensor:
+        def step(fn, *args) -> None:
+            fn(*args)
+            if sync:
+                torch.cuda.synchronize()
+
+        h = x
+        for _ in range(4):
+            n = torch.empty_like(h)
+            step(_C.rmsnorm_cuda, n, h, norm_w, 1e-5)
+            q = torch.empty(1, k, device=DEV, dtype=dt)
+            step(_C.gemv_cuda, q, n, w_q, None, False)
+            att = torch.empty(1, hq, d, device=DEV, dtype=dt)
+            step(_C.decode_attention_cuda, att, q.view(1, hq, d), k_cache, v_cache, table, rows, lens, d**-0.5)
+            up = torch.empty(1, 2 * k, device=DEV, dtype=dt)
+            step(_C.gemv_cuda, up, att.view(1, k), w_up, None, False)
+            h = torch.empty(1, k, device=DEV, dtype=dt)
+            step(_C.silu_and_mul_cuda, h, up)
+        return h
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        chain(sync=False)  # warm-up outside capture (kernel attributes, workspace)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = chain(sync=False)
+    for _ in range(5):
+        x.copy_(torch.randn(1, k, device=DEV, dtype=dt))
+        graph.replay()
+        torch.cuda.synchronize()
+        expected = chain(sync=True)
+        assert torch.equal(out, expected), "a graph replay differs from the synchronized chain"

@@ -15,6 +15,7 @@
 #include <cfloat>
 
 #include "../cuda_utils.cuh"
+#include "../launch.cuh"
 #include "attention.h"
 #include "attn_mma.cuh"
 
@@ -28,6 +29,8 @@ constexpr float kLog2e = 1.4426950408889634f;
 template <typename T, int D, int GMAX>
 __global__ void __launch_bounds__(kThreads) decode_simt_kernel(AttentionArgs a, int num_splits, float* ws_out,
                                                           float* ws_lse) {
+  pdl_wait();  // launch.cuh: nothing of the previous kernel's is touched before this
+  pdl_launch_dependents();
   constexpr int VEC = 16 / sizeof(T);
   constexpr int TPK = D / VEC;  // lanes per key
   constexpr int GROUPS = kThreads / TPK;
@@ -256,6 +259,8 @@ template <typename T, int D>
 __global__ void __launch_bounds__(kMmaThreads, 2)
     decode_mma_kernel(AttentionArgs a, IndexArray kv_start, int num_splits, int parts, int chunks, float* ws_out,
                       float* ws_lse) {
+  pdl_wait();
+  pdl_launch_dependents();
   using Tile = attn::KVTile<T, D, kTileKeys>;
   constexpr int kStride = Tile::kStride;
   constexpr int kWarps = kMmaThreads / WARP_SIZE;
@@ -367,6 +372,8 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
     decode_shared_kernel(AttentionArgs a, CascadeArgs c, int num_splits, int parts, int row_chunks, float* ws_out,
                          float* ws_lse) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t grp = blockIdx.z;
   const int64_t size = c.group_size[grp];
   const int64_t gh = a.q_heads / a.kv_heads;
@@ -446,6 +453,8 @@ __global__ void merge_splits_kernel(AttentionArgs a, IndexArray shared_lens, int
                                     const float* ws_out, const float* ws_lse) {
   __shared__ float wgt[kMaxParts];
   __shared__ float inv_den;
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t bh = blockIdx.x;
   const int64_t b = bh / a.q_heads;
   const int64_t head = bh % a.q_heads;
@@ -517,7 +526,7 @@ template <typename T, int D, int GMAX>
 void launch_simt(const AttentionArgs& a, int splits, float* ws_out, float* ws_lse, cudaStream_t stream) {
   const int64_t group = a.q_heads / a.kv_heads;
   const dim3 grid(splits, static_cast<unsigned>(a.kv_heads * ceil_div(group, GMAX)), static_cast<unsigned>(a.batch));
-  decode_simt_kernel<T, D, GMAX><<<grid, kThreads, 0, stream>>>(a, splits, ws_out, ws_lse);
+  launch_kernel(decode_simt_kernel<T, D, GMAX>, grid, kThreads, 0, stream, a, splits, ws_out, ws_lse);
 }
 
 template <typename T, int D>
@@ -550,13 +559,13 @@ void launch_typed(const AttentionArgs& a, const CascadeArgs* c, const DecodePlan
         set_smem_opt_in<decode_shared_kernel<T, D>>(smem);
         const dim3 sgrid(plan.shared_splits, static_cast<unsigned>(a.kv_heads * plan.row_chunks),
                          static_cast<unsigned>(c->num_groups));
-        decode_shared_kernel<T, D><<<sgrid, kMmaThreads, smem, stream>>>(a, *c, plan.splits, plan.parts(),
-                                                                        plan.row_chunks, ws_out, ws_lse);
+        launch_kernel(decode_shared_kernel<T, D>, sgrid, kMmaThreads, smem, stream, a, *c, plan.splits, plan.parts(),
+                      plan.row_chunks, ws_out, ws_lse);
       }
       const dim3 grid(plan.splits, static_cast<unsigned>(a.kv_heads * plan.chunks), static_cast<unsigned>(a.batch));
       set_smem_opt_in<decode_mma_kernel<T, D>>(smem);
-      decode_mma_kernel<T, D><<<grid, kMmaThreads, smem, stream>>>(a, shared_lens, plan.splits, plan.parts(),
-                                                                   plan.chunks, ws_out, ws_lse);
+      launch_kernel(decode_mma_kernel<T, D>, grid, kMmaThreads, smem, stream, a, shared_lens, plan.splits,
+                    plan.parts(), plan.chunks, ws_out, ws_lse);
     } else {
       launch_simt_gmax<T, D>(a, plan.splits, ws_out, ws_lse, stream);
     }
@@ -567,8 +576,8 @@ void launch_typed(const AttentionArgs& a, const CascadeArgs* c, const DecodePlan
   launch_simt_gmax<T, D>(a, plan.splits, ws_out, ws_lse, stream);
 #endif
   if (plan.parts() > 1) {
-    merge_splits_kernel<T><<<static_cast<unsigned>(a.batch * a.q_heads), D, 0, stream>>>(
-        a, shared_lens, plan.splits, plan.parts(), ws_out, ws_lse);
+    launch_kernel(merge_splits_kernel<T>, static_cast<unsigned>(a.batch * a.q_heads), D, 0, stream, a, shared_lens,
+                  plan.splits, plan.parts(), ws_out, ws_lse);
   }
 }
 

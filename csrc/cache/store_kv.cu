@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "../cuda_utils.cuh"
+#include "../launch.cuh"
 #include "store_kv.h"
 
 namespace lite_srt {
@@ -10,6 +11,8 @@ namespace {
 
 template <typename T, int VEC>
 __global__ void store_kv_kernel(StoreKVArgs a) {
+  pdl_wait();  // launch.cuh: nothing of the previous kernel's is touched before this
+  pdl_launch_dependents();
   const int64_t t = blockIdx.x;
   const int64_t slot = a.slots[t];
   if (slot < 0) return;
@@ -55,9 +58,9 @@ void launch_store_kv(const StoreKVArgs& a, cudaStream_t stream) {
     const int64_t work = 2 * a.kv_heads * a.head_dim / (vec ? kVec : 1);
     const int threads = static_cast<int>(std::min<int64_t>(256, ceil_div(work, WARP_SIZE) * WARP_SIZE));
     if (vec) {
-      store_kv_kernel<T, kVec><<<static_cast<unsigned>(a.tokens), threads, 0, stream>>>(a);
+      launch_kernel(store_kv_kernel<T, kVec>, static_cast<unsigned>(a.tokens), threads, 0, stream, a);
     } else {
-      store_kv_kernel<T, 1><<<static_cast<unsigned>(a.tokens), threads, 0, stream>>>(a);
+      launch_kernel(store_kv_kernel<T, 1>, static_cast<unsigned>(a.tokens), threads, 0, stream, a);
     }
   });
   check_launch("store_kv");

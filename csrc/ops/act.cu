@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "../cuda_utils.cuh"
+#include "../launch.cuh"
 #include "ops.h"
 
 namespace lite_srt {
@@ -14,6 +15,8 @@ __device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f +
 
 template <typename T, int VEC>
 __global__ void silu_and_mul_kernel(SiluAndMulArgs a) {
+  pdl_wait();  // launch.cuh: nothing of the previous kernel's is touched before this
+  pdl_launch_dependents();
   const int64_t row = blockIdx.x;
   const int64_t i = (static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x) * VEC;
   if (i >= a.inter) return;
@@ -44,9 +47,9 @@ void launch_silu_and_mul(const SiluAndMulArgs& a, cudaStream_t stream) {
     const int per_block = kThreads * (vec ? kVec : 1);
     const dim3 grid(static_cast<unsigned>(a.rows), static_cast<unsigned>(ceil_div(a.inter, per_block)));
     if (vec) {
-      silu_and_mul_kernel<T, kVec><<<grid, kThreads, 0, stream>>>(a);
+      launch_kernel(silu_and_mul_kernel<T, kVec>, grid, kThreads, 0, stream, a);
     } else {
-      silu_and_mul_kernel<T, 1><<<grid, kThreads, 0, stream>>>(a);
+      launch_kernel(silu_and_mul_kernel<T, 1>, grid, kThreads, 0, stream, a);
     }
   });
   check_launch("silu_and_mul");

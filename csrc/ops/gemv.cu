@@ -16,6 +16,7 @@
 #include <cstdlib>
 
 #include "../cuda_utils.cuh"
+#include "../launch.cuh"
 #include "gemv.h"
 
 namespace lite_srt {
@@ -121,9 +122,12 @@ __global__ void __launch_bounds__(kWarps* WARP_SIZE) gemv_kernel(GemvArgs a, KLo
     for (int m = 0; m < M; ++m) acc[r][m] = 0.0f;
   }
 
-  // The first chunk's loads go out before x is staged: staging then overlaps their latency.
+  // The first chunk's loads go out before x is staged: staging then overlaps their latency. Weights are never
+  // written by a kernel, so under PDL these loads also overlap the end of the previous kernel.
   uint4 cur[kRowsPerWarp][kUnroll];
   load_chunk<kRowsPerWarp, kUnroll>(rows, k_bytes, 0, lane, cur);
+  pdl_wait();
+  pdl_launch_dependents();
 
   for (int c = 0; c < loop.chunks; ++c) {
     const int c_in_tile = c % loop.chunks_per_tile;
@@ -225,7 +229,7 @@ void launch_shape(const GemvArgs& a, cudaStream_t stream) {
   const size_t smem = static_cast<size_t>(M) * loop.tile_k * sizeof(T);
   const int64_t rows_per_block = static_cast<int64_t>(kWarps) * kRowsPerWarp;
   const dim3 grid(static_cast<unsigned>(ceil_div(a.n, rows_per_block)));
-  gemv_kernel<T, M, FUSE, kRowsPerWarp, kUnroll><<<grid, kWarps * WARP_SIZE, smem, stream>>>(a, loop);
+  launch_kernel(gemv_kernel<T, M, FUSE, kRowsPerWarp, kUnroll>, grid, kWarps * WARP_SIZE, smem, stream, a, loop);
 }
 
 template <typename T, int M, bool FUSE>

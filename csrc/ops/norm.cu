@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "../cuda_utils.cuh"
+#include "../launch.cuh"
 #include "ops.h"
 
 namespace lite_srt {
@@ -10,6 +11,8 @@ namespace {
 
 template <typename T, typename W, int VEC>
 __global__ void rmsnorm_kernel(RmsNormArgs a) {
+  pdl_wait();  // launch.cuh: nothing of the previous kernel's is touched before this
+  pdl_launch_dependents();
   const int64_t row = blockIdx.x;
   const T* x = static_cast<const T*>(a.x) + row * a.x_stride;
   T* res = a.residual ? static_cast<T*>(a.residual) + row * a.residual_stride : nullptr;
@@ -45,6 +48,8 @@ __global__ void rmsnorm_kernel(RmsNormArgs a) {
 // Same algorithm one element at a time, for rows whose size or strides are not 16-byte multiples.
 template <typename T, typename W>
 __global__ void rmsnorm_scalar_kernel(RmsNormArgs a) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t row = blockIdx.x;
   const T* x = static_cast<const T*>(a.x) + row * a.x_stride;
   T* res = a.residual ? static_cast<T*>(a.residual) + row * a.residual_stride : nullptr;
@@ -82,9 +87,9 @@ void launch_typed(const RmsNormArgs& a, cudaStream_t stream) {
   const int64_t work = vec ? a.hidden / kVec : a.hidden;
   const int threads = static_cast<int>(std::min<int64_t>(1024, std::max<int64_t>(WARP_SIZE, ceil_div(work, WARP_SIZE) * WARP_SIZE)));
   if (vec) {
-    rmsnorm_kernel<T, W, kVec><<<a.rows, threads, 0, stream>>>(a);
+    launch_kernel(rmsnorm_kernel<T, W, kVec>, a.rows, threads, 0, stream, a);
   } else {
-    rmsnorm_scalar_kernel<T, W><<<a.rows, threads, 0, stream>>>(a);
+    launch_kernel(rmsnorm_scalar_kernel<T, W>, a.rows, threads, 0, stream, a);
   }
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "../cuda_utils.cuh"
+#include "../launch.cuh"
 #include "ops.h"
 
 namespace lite_srt {
@@ -11,6 +12,8 @@ namespace {
 template <typename T>
 __global__ void rope_kernel(RopeArgs a) {
   extern __shared__ float cos_sin[];  // [head_dim] = cos(half) | sin(half)
+  pdl_wait();  // launch.cuh: nothing of the previous kernel's is touched before this
+  pdl_launch_dependents();
   const int64_t t = blockIdx.x;
   const int64_t pos = a.positions[t];
   const int64_t half = a.head_dim / 2;
@@ -43,7 +46,7 @@ void launch_rotary_embedding(const RopeArgs& a, cudaStream_t stream) {
   const size_t smem = static_cast<size_t>(a.head_dim) * sizeof(float);
   dispatch_cuda_dtype(a.dtype, [&](auto tag) {
     using T = decltype(tag);
-    rope_kernel<T><<<static_cast<unsigned>(a.tokens), threads, smem, stream>>>(a);
+    launch_kernel(rope_kernel<T>, static_cast<unsigned>(a.tokens), threads, smem, stream, a);
   });
   check_launch("rotary_embedding");
 }

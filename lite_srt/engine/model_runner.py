@@ -124,6 +124,9 @@ class ModelRunner:
             and cfg.head_dim in (64, 128)
             and kernels.has_native("decode_attention_cascade", "cuda")
         )
+        self.pdl = kernels.pdl_enabled(self.device)
+        if self.device.type == "cuda":
+            logger.info("programmatic dependent launch: %s", "on" if self.pdl else "off")
         try:
             self.pool = self._make_pool()
             self.max_running_requests = args.max_running_requests or default_max_running(self.pool.num_slots)

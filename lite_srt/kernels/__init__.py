@@ -50,6 +50,15 @@ def has_native(name: str, device: str) -> bool:
     )
 
 
+def pdl_enabled(device: torch.device) -> bool:
+    """Whether our CUDA kernels on `device` overlap their start with the previous kernel's end (programmatic
+    dependent launch: sm_90+ and a build for it; LITE_SRT_PDL=0 turns it off). csrc/launch.cuh has the rules."""
+    if device.type != "cuda" or not has_native("pdl_enabled", "cuda"):
+        return False
+    with torch.cuda.device(device):
+        return bool(_C.pdl_enabled_cuda())
+
+
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     op = _native("rmsnorm", x)
     if op is None:
