@@ -145,6 +145,12 @@ def main() -> None:
         tp = tp_launch.join_group(args, 0, addr)
         args = args.replace(device=tp_launch.rank_device(args, 0))
     runner = ModelRunner(args, load_model_config(a.model_path), a.model_path, longest + 1, tp)
+    if runner.gemv_choice is not None:  # the startup choice of one-row linear kernels (engine/gemv_tuning.py)
+        c = runner.gemv_choice
+        print(
+            f"batch-1 step at startup: native GEMV {c.native_ms:.3f} ms, cuBLAS {c.cublas_ms:.3f} ms",
+            flush=True,
+        )
     results = []
     for bs in a.batch_size:
         for n in a.input_len:

@@ -382,6 +382,7 @@ def test_kernels_linear_runs_native_gemv_only_when_eligible(monkeypatch) -> None
     from lite_srt import kernels
 
     monkeypatch.setattr(kernels, "_GEMV_ENABLED", True)  # what LITE_SRT_GEMV=1 sets at import
+    monkeypatch.setattr(kernels, "_GEMV_PICKS", set())
     calls: list[bool] = []
     real = _C.gemv_cuda
     monkeypatch.setattr(_C, "gemv_cuda", lambda *args: (calls.append(args[-1]), real(*args))[1])
@@ -403,6 +404,65 @@ def test_kernels_linear_runs_native_gemv_only_when_eligible(monkeypatch) -> None
     monkeypatch.setattr(kernels, "_GEMV_ENABLED", False)  # what LITE_SRT_GEMV=0 sets at import
     kernels.linear(torch.randn(1, 64, device=DEV, dtype=torch.bfloat16), w)
     assert calls == [False, False, False, True]
+
+
+def test_kernels_linear_follows_the_startup_picks(monkeypatch) -> None:
+    """In auto mode one-row products run natively exactly for the picked (N, K) shapes."""
+    from lite_srt import kernels
+
+    monkeypatch.setattr(kernels, "_GEMV_ENABLED", False)
+    monkeypatch.setattr(kernels, "_GEMV_PICKS", {(256, 64)})
+    calls: list[tuple[int, ...]] = []
+    real = _C.gemv_cuda
+    monkeypatch.setattr(_C, "gemv_cuda", lambda *args: (calls.append(tuple(args[2].shape)), real(*args))[1])
+    picked = torch.randn(256, 64, device=DEV, dtype=torch.bfloat16)
+    other = torch.randn(128, 64, device=DEV, dtype=torch.bfloat16)
+    x = torch.randn(1, 64, device=DEV, dtype=torch.bfloat16)
+    assert_close_rel(kernels.linear(x, picked), ref.linear(x.float(), picked.float()))
+    kernels.linear(x, other)
+    kernels.linear(torch.randn(2, 64, device=DEV, dtype=torch.bfloat16), picked)  # two rows: torch
+    assert calls == [(256, 64)]
+
+
+def test_startup_tuning_times_a_real_decode_step_and_installs_the_winner(tmp_path, monkeypatch) -> None:
+    """A model runner on the GPU times its batch-1 decode graph both ways before capturing the serving graphs,
+    and kernels.linear then follows the faster path for every linear shape of the model."""
+    import json
+
+    from lite_srt import kernels
+    from lite_srt.config import ServerArgs
+    from lite_srt.engine.gemv_tuning import gemv_shapes
+    from lite_srt.engine.model_runner import ModelRunner
+    from lite_srt.loader import load_model_config
+
+    monkeypatch.setattr(kernels, "_GEMV_MODE", "auto")
+    monkeypatch.setattr(kernels, "_GEMV_PICKS", set())
+    cfg = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 512,
+        "intermediate_size": 1024,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "vocab_size": 1000,
+        "max_position_embeddings": 512,
+        "torch_dtype": "bfloat16",
+    }
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    args = ServerArgs(
+        model_path=str(tmp_path),
+        load_format="dummy",
+        device="cuda",
+        max_total_tokens=512,
+        cuda_graph_max_bs=8,
+    )
+    runner = ModelRunner(args, load_model_config(str(tmp_path)), str(tmp_path), 256)
+    choice = runner.gemv_choice
+    assert choice is not None and choice.native_ms > 0 and choice.cublas_ms > 0
+    shapes = gemv_shapes(runner.model)
+    assert len(shapes) == 5
+    assert kernels._GEMV_PICKS == (shapes if choice.native else set())
 
 
 def test_gemv_cuda_rejects_bad_arguments() -> None:
@@ -476,7 +536,9 @@ def test_dependent_kernel_chain_replayed_in_a_graph_matches_step_by_step() -> No
             q = torch.empty(1, k, device=DEV, dtype=dt)
             step(_C.gemv_cuda, q, n, w_q, None, False)
             att = torch.empty(1, hq, d, device=DEV, dtype=dt)
-            step(_C.decode_attention_cuda, att, q.view(1, hq, d), k_cache, v_cache, table, rows, lens, d**-0.5)
+            step(
+                _C.decode_attention_cuda, att, q.view(1, hq, d), k_cache, v_cache, table, rows, lens, d**-0.5
+            )
             up = torch.empty(1, 2 * k, device=DEV, dtype=dt)
             step(_C.gemv_cuda, up, att.view(1, k), w_up, None, False)
             h = torch.empty(1, k, device=DEV, dtype=dt)

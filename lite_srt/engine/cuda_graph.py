@@ -161,6 +161,29 @@ class CudaGraphRunner:
             time.perf_counter() - t0,
         )
 
+    @torch.inference_mode()
+    def time_decode_step(self, bs: int = 1, replays: int = 20) -> float:
+        """Milliseconds per replay of a decode graph at `bs` captured now, with the kernels as currently chosen
+        (startup tuning, gemv_tuning.py). The graph is dropped afterwards."""
+        fb = self.inputs.batch(bs, self.req_to_token)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._forward(fb)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=stream):
+                self._forward(fb)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph.replay()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(replays):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / replays
+
     def _forward(self, fb: ForwardBatch) -> torch.Tensor:
         return self.model(fb, self.pool) if self.with_logits else self.model.final_hidden(fb, self.pool)
 

@@ -25,6 +25,7 @@ from lite_srt.distributed.group import TPGroup
 from lite_srt.distributed.step_sync import TableWrites, send_step
 from lite_srt.engine.cuda_graph import CudaGraphRunner
 from lite_srt.engine.forward_batch import ForwardBatch, ForwardMode, list_to_device
+from lite_srt.engine.gemv_tuning import OneRowChoice, tune_one_row_linear
 from lite_srt.engine.sampler import SampleOutput, SamplingBatch, sample
 from lite_srt.loader import iter_weight_sources, resolve_load_format
 from lite_srt.loader.model_config import ModelConfig
@@ -112,6 +113,7 @@ class ModelRunner:
         self.context_length = context_length
         self.chunked_prefill_size = args.chunked_prefill_size or _default_chunk(self.device)
         self.model = self._load_model(model_path)
+        self.gemv_choice: OneRowChoice | None = None  # set with the CUDA graphs (gemv_tuning.py)
         # Cascade decode (prefix_groups.py), unless turned off: it needs the CUDA kernel's tensor-core path
         # (fp16/bf16, NVIDIA) and one rank (tensor-parallel workers rebuild each batch from its host tensors, which
         # do not carry the groups). The scheduler and the graph capture both read this one flag.
@@ -239,6 +241,10 @@ class ModelRunner:
             with_logits=self.tp.size == 1,
             cascade=self.cascade_attention,
         )
+        # Before capture: the serving graphs keep whichever one-row linear path this picks. One rank only: under
+        # tensor parallelism every timed step would be a collective, and ranks could pick differently.
+        if self.tp.size == 1:
+            self.gemv_choice = tune_one_row_linear(self.model, runner.time_decode_step)
         runner.capture()
         return runner
 

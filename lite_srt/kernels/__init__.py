@@ -28,10 +28,25 @@ except ImportError as e:  # pragma: no cover - depends on the build
 
 # LITE_SRT_KERNELS=reference forces the torch reference ops (A/B and debugging).
 _FORCE_REF = os.environ.get("LITE_SRT_KERNELS", "") == "reference"
-# LITE_SRT_GEMV=1 sends batch-1 linear layers to the native GEMV instead of torch (cuBLAS). Opt-in: Llama-3.1-8B
-# decode at batch 1 measured 6.90 vs 6.94 ms on an H100 (a wash) and 5.46 vs 5.15 ms on an H200 (6% slower;
-# docs/BENCHMARKS.md). Read once: linear() is on the per-layer hot path.
-_GEMV_ENABLED = os.environ.get("LITE_SRT_GEMV", "0") == "1"
+# Which path one-row (decode batch 1) linear layers take. LITE_SRT_GEMV=1: always the native GEMV; 0: always
+# torch (cuBLAS); unset or "auto": per weight shape, whichever the model runner timed faster at startup
+# (engine/gemv_tuning.py fills _GEMV_PICKS). Neither wins everywhere: with PDL, Llama-3.1-8B batch-1 decode
+# took 6.42-6.50 ms native vs 6.57 ms cuBLAS on an H100, but 5.25-5.32 vs 4.90-4.98 ms on an H200
+# (docs/BENCHMARKS.md). Read once: linear() is on the per-layer hot path.
+_GEMV_MODE = os.environ.get("LITE_SRT_GEMV", "auto")
+_GEMV_ENABLED = _GEMV_MODE == "1"
+_GEMV_PICKS: set[tuple[int, int]] = set()  # (N, K) weight shapes for which the native GEMV was timed faster
+
+
+def gemv_autotune() -> bool:
+    """Whether the one-row linear path is chosen by timing (LITE_SRT_GEMV unset or "auto")."""
+    return _GEMV_MODE not in ("0", "1")
+
+
+def set_gemv_picks(shapes: set[tuple[int, int]]) -> None:
+    """The weight shapes whose one-row products run the native GEMV from now on (the rest go to torch)."""
+    _GEMV_PICKS.clear()
+    _GEMV_PICKS.update(shapes)
 
 
 def _native(name: str, t: torch.Tensor):
@@ -185,7 +200,9 @@ def _gemv_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, i
     It applies to CUDA fp16/bf16 inference with at most _GEMV_MAX_ROWS rows of a contiguous x of width in_width,
     a contiguous [N, K] weight with K % 8 == 0, and 16-byte aligned data (the kernel reads 16-byte packs).
     """
-    if not _GEMV_ENABLED or not x.is_cuda or x.dtype not in _GEMV_DTYPES:
+    if not x.is_cuda or x.dtype not in _GEMV_DTYPES:
+        return None
+    if not _GEMV_ENABLED and (weight.shape[0], weight.shape[-1]) not in _GEMV_PICKS:
         return None
     op = _native("gemv", x)
     if op is None or weight.dtype != x.dtype or weight.dim() != 2 or not weight.is_contiguous():
@@ -210,6 +227,14 @@ def _gemv(op, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
     out = torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
     op(out.view(-1, n), x.view(-1, x.shape[-1]), weight, bias, fuse)
     return out
+
+
+def native_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight^T through the native GEMV whatever LITE_SRT_GEMV says (the startup timing's candidate)."""
+    op = _native("gemv", x)
+    if op is None:
+        raise RuntimeError("the native GEMV needs a CUDA build of lite_srt._C")
+    return _gemv(op, x, weight, None, fuse=False)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
