@@ -13,6 +13,7 @@
 // group's query heads in registers; lane groups keep their own online softmax, merged through shared memory.
 #include <algorithm>
 #include <cfloat>
+#include <cstdlib>
 
 #include "../cuda_utils.cuh"
 #include "../launch.cuh"
@@ -495,9 +496,10 @@ struct DecodePlan {
   int parts() const { return splits + shared_splits; }
 };
 
-// Splits fill the GPU: about `waves` resident blocks' worth per SM. The context length lives on the device, so
-// each request divides its own keys over this many splits (empty splits cost one early exit). A cascade splits
-// the shared keys the same way, keeping at least two tiles per split.
+// Key splits spread small batches over the GPU: up to one wave of blocks for the tensor-core kernel, about eight
+// resident blocks per SM for the SIMT one. The context length lives on the device, so each request divides its
+// own keys over this many splits (empty splits cost one early exit). A cascade splits the shared keys to about
+// two resident blocks per SM, keeping at least two tiles per split.
 DecodePlan plan_decode(const AttentionArgs& a, const CascadeArgs* c) {
   const int64_t group = a.q_heads / a.kv_heads;
 #if !defined(USE_ROCM)
@@ -508,7 +510,13 @@ DecodePlan plan_decode(const AttentionArgs& a, const CascadeArgs* c) {
   const int64_t chunks = mma ? ceil_div(group, 16) : ceil_div(group, gmax_for(group));
   const int64_t blocks = std::max<int64_t>(1, a.batch * a.kv_heads * chunks);
   const int64_t target = static_cast<int64_t>(current_num_sms()) * (mma ? 2 : 8);
-  const int splits = static_cast<int>(std::clamp<int64_t>(ceil_div(target, blocks), 1, kMaxSplits));
+  // The tensor-core kernel takes at most about one wave of blocks (splits rounded down): every extra split
+  // writes float32 partials the merge kernel reads back, and at 8-64 requests x 1-2k keys that cost more than
+  // the parallelism gained (H200: 14-24% faster than filling two blocks per SM; docs/BENCHMARKS.md).
+  int64_t want = mma ? std::max<int64_t>(1, current_num_sms() * 11 / 10 / blocks) : ceil_div(target, blocks);
+  // LITE_SRT_DECODE_SPLITS=<n> forces the key splits per request (A/B runs: scripts/bench_decode_splits.py).
+  if (const char* env = std::getenv("LITE_SRT_DECODE_SPLITS")) want = std::max(1, std::atoi(env));
+  const int splits = static_cast<int>(std::clamp<int64_t>(want, 1, kMaxSplits));
   DecodePlan plan{mma, static_cast<int>(chunks), splits};
 #if !defined(USE_ROCM)
   if (mma && c != nullptr && c->num_groups > 0 && c->max_shared > 0) {

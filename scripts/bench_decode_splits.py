@@ -1,0 +1,95 @@
+"""Decode attention at small and mid batch against the number of key splits per request.
+
+  python scripts/bench_decode_splits.py [--batch-sizes 8 16 32] [--contexts 1024 2048] [--splits auto 1 2 4]
+
+Each cell forces the split count through LITE_SRT_DECODE_SPLITS (read on every launch) and times the op on
+scattered KV slots (Llama-3.1-8B heads: 32 query / 8 KV, d=128, bf16); "auto" is the built-in plan. The table
+(printed last, also written as JSON) gives microseconds and the share of device-copy bandwidth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+
+import torch
+
+from lite_srt import _C
+
+DEV, DT = "cuda", torch.bfloat16
+
+
+def time_ms(fn, iters: int = 50) -> float:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / iters
+
+
+def copy_gbps() -> float:
+    src = torch.empty(1 << 30, dtype=DT, device=DEV)
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src))
+    return 2 * src.numel() * 2 / ms / 1e6
+
+
+def time_splits(
+    bs: int, ctx: int, splits: list[str], hq: int = 32, hkv: int = 8, d: int = 128
+) -> dict[str, float]:
+    slots = bs * ctx
+    kc = torch.randn(slots + 1, hkv, d, device=DEV, dtype=DT)
+    vc = torch.randn_like(kc)
+    table = torch.randperm(slots, device=DEV, dtype=torch.int32).view(bs, ctx)
+    rows = torch.arange(bs, device=DEV, dtype=torch.int32)
+    lens = torch.full((bs,), ctx, device=DEV, dtype=torch.int32)
+    q = torch.randn(bs, hq, d, device=DEV, dtype=DT)
+    out = torch.empty_like(q)
+    result = {}
+    for s in splits:
+        if s == "auto":
+            os.environ.pop("LITE_SRT_DECODE_SPLITS", None)
+        else:
+            os.environ["LITE_SRT_DECODE_SPLITS"] = s
+        result[s] = time_ms(
+            lambda: _C.decode_attention_cuda(out, q, kc, vc, table, rows, lens, 1 / math.sqrt(d))
+        )
+    os.environ.pop("LITE_SRT_DECODE_SPLITS", None)
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 24, 32, 48, 64])
+    p.add_argument("--contexts", type=int, nargs="+", default=[1024, 2048])
+    p.add_argument("--splits", nargs="+", default=["auto", "1", "2", "3", "4", "8"])
+    p.add_argument("--json", default="bench_decode_splits.json")
+    a = p.parse_args()
+    copy = copy_gbps()
+    results = []
+    for bs in a.batch_sizes:
+        for ctx in a.contexts:
+            ms = time_splits(bs, ctx, a.splits)
+            results.append({"batch_size": bs, "context": ctx, "ms": ms})
+    with open(a.json, "w") as f:
+        json.dump(
+            {"device": torch.cuda.get_device_name(), "copy_gbps": copy, "results": results}, f, indent=2
+        )
+    print(f"\n{torch.cuda.get_device_name()}: copy {copy:.0f} GB/s; us per call (% of copy bandwidth)")
+    print("| bs | ctx | " + " | ".join(f"splits {s}" for s in a.splits) + " |")
+    print("|---|---|" + "---|" * len(a.splits))
+    for r in results:
+        gb = 2 * r["batch_size"] * r["context"] * 8 * 128 * 2 / 1e9
+        cells = [f"{r['ms'][s] * 1e3:.0f} ({100 * gb / r['ms'][s] * 1e3 / copy:.0f}%)" for s in a.splits]
+        print(f"| {r['batch_size']} | {r['context']} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
