@@ -19,6 +19,7 @@ GAP_EDGES_US = (5, 20, 100, 1000)
 
 def short_name(name: str) -> str:
     """Kernel names without template arguments and parameter lists, so instantiations group together."""
+    name = name.replace("(anonymous namespace)::", "")  # else the parameter-list strip eats our kernel names
     name = re.sub(r"<.*>", "", name)
     name = re.sub(r"\(.*\)", "", name)
     return name.strip()[:80]
