@@ -4,16 +4,12 @@ decode step runs on a GPU (tests/test_kernels_gpu.py)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from lite_srt import kernels
-from lite_srt.config import ServerArgs
 from lite_srt.engine import gemv_tuning
 from lite_srt.engine.gemv_tuning import gemv_shapes, linear_weights, tune_one_row_linear
 from lite_srt.engine.model_runner import ModelRunner
-from lite_srt.loader import load_model_config
 
 TINY = {
     "hidden_size": 64,
@@ -26,19 +22,20 @@ TINY = {
 }
 
 
-def _runner(tmp_path, tied: bool, dtype: str = "float32") -> ModelRunner:
-    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **TINY, "tie_word_embeddings": tied}
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    args = ServerArgs(
-        model_path=str(tmp_path), load_format="dummy", device="cpu", max_total_tokens=64, dtype=dtype
-    )
-    return ModelRunner(args, load_model_config(str(tmp_path)), str(tmp_path), 128)
+@pytest.fixture
+def runner(dummy_runner):
+    def make(tied: bool, dtype: str = "float32") -> ModelRunner:
+        return dummy_runner(
+            {**TINY, "tie_word_embeddings": tied}, device="cpu", max_total_tokens=64, dtype=dtype
+        )
+
+    return make
 
 
 @pytest.mark.parametrize("tied", [False, True])
-def test_linear_weights_groups_every_projection_and_the_head_once(tmp_path, tied) -> None:
-    runner = _runner(tmp_path, tied)
-    groups = linear_weights(runner.model)
+def test_linear_weights_groups_every_projection_and_the_head_once(runner, tied) -> None:
+    r = runner(tied)
+    groups = linear_weights(r.model)
     head_dim = 64 // 4
     qkv = (4 + 2 * 2) * head_dim
     assert {s: len(ws) for s, ws in groups.items()} == {
@@ -51,12 +48,12 @@ def test_linear_weights_groups_every_projection_and_the_head_once(tmp_path, tied
     ids = {id(w) for ws in groups.values() for w in ws}
     assert len(ids) == 13, "a weight was listed twice"
     if tied:
-        assert groups[(200, 64)][0] is runner.model.embed_tokens.weight
+        assert groups[(200, 64)][0] is r.model.embed_tokens.weight
 
 
-def test_only_half_precision_shapes_qualify(tmp_path) -> None:
-    assert gemv_shapes(_runner(tmp_path, tied=False).model) == set()  # float32
-    model = _runner(tmp_path, tied=False, dtype="bfloat16").model
+def test_only_half_precision_shapes_qualify(runner) -> None:
+    assert gemv_shapes(runner(tied=False).model) == set()  # float32
+    model = runner(tied=False, dtype="bfloat16").model
     assert gemv_shapes(model) == set(linear_weights(model))
 
 
@@ -69,8 +66,8 @@ def auto_mode(monkeypatch):
 
 
 @pytest.mark.parametrize("native_wins", [True, False])
-def test_tuning_alternates_the_paths_and_keeps_the_faster(tmp_path, auto_mode, native_wins) -> None:
-    model = _runner(tmp_path, tied=False, dtype="bfloat16").model
+def test_tuning_alternates_the_paths_and_keeps_the_faster(runner, auto_mode, native_wins) -> None:
+    model = runner(tied=False, dtype="bfloat16").model
     shapes = gemv_shapes(model)
     seen: list[bool] = []
 
@@ -90,12 +87,12 @@ def test_tuning_alternates_the_paths_and_keeps_the_faster(tmp_path, auto_mode, n
 
 
 @pytest.mark.parametrize("mode", ["0", "1"])
-def test_a_forced_path_skips_the_timing(tmp_path, auto_mode, monkeypatch, mode) -> None:
+def test_a_forced_path_skips_the_timing(runner, auto_mode, monkeypatch, mode) -> None:
     monkeypatch.setattr(kernels, "_GEMV_MODE", mode)
-    model = _runner(tmp_path, tied=False, dtype="bfloat16").model
+    model = runner(tied=False, dtype="bfloat16").model
     assert tune_one_row_linear(model, lambda: pytest.fail("timed a forced path")) is None
     assert kernels._GEMV_PICKS == set()
 
 
-def test_cpu_runner_has_no_choice(tmp_path) -> None:
-    assert _runner(tmp_path, tied=False).gemv_choice is None
+def test_cpu_runner_has_no_choice(runner) -> None:
+    assert runner(tied=False).gemv_choice is None

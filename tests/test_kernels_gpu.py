@@ -424,22 +424,15 @@ def test_kernels_linear_follows_the_startup_picks(monkeypatch) -> None:
     assert calls == [(256, 64)]
 
 
-def test_startup_tuning_times_a_real_decode_step_and_installs_the_winner(tmp_path, monkeypatch) -> None:
+def test_startup_tuning_times_a_real_decode_step_and_installs_the_winner(dummy_runner, monkeypatch) -> None:
     """A model runner on the GPU times its batch-1 decode graph both ways before capturing the serving graphs,
     and kernels.linear then follows the faster path for every linear shape of the model."""
-    import json
-
     from lite_srt import kernels
-    from lite_srt.config import ServerArgs
     from lite_srt.engine.gemv_tuning import gemv_shapes
-    from lite_srt.engine.model_runner import ModelRunner
-    from lite_srt.loader import load_model_config
 
     monkeypatch.setattr(kernels, "_GEMV_MODE", "auto")
     monkeypatch.setattr(kernels, "_GEMV_PICKS", set())
     cfg = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
         "hidden_size": 512,
         "intermediate_size": 1024,
         "num_hidden_layers": 2,
@@ -449,15 +442,7 @@ def test_startup_tuning_times_a_real_decode_step_and_installs_the_winner(tmp_pat
         "max_position_embeddings": 512,
         "torch_dtype": "bfloat16",
     }
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    args = ServerArgs(
-        model_path=str(tmp_path),
-        load_format="dummy",
-        device="cuda",
-        max_total_tokens=512,
-        cuda_graph_max_bs=8,
-    )
-    runner = ModelRunner(args, load_model_config(str(tmp_path)), str(tmp_path), 256)
+    runner = dummy_runner(cfg, 256, device="cuda", max_total_tokens=512, cuda_graph_max_bs=8)
     choice = runner.gemv_choice
     assert choice is not None and choice.native_ms > 0 and choice.cublas_ms > 0
     shapes = gemv_shapes(runner.model)

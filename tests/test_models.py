@@ -154,17 +154,10 @@ def test_shape_mismatch_names_the_tensor(checkpoints, tmp_path):
         _logits(path, "float32", [1, 2, 3])
 
 
-def test_dummy_weights_load_from_a_config(tmp_path):
-    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **TINY, "torch_dtype": "bfloat16"}
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    args = ServerArgs(
-        model_path=str(tmp_path),
-        load_format="dummy",
-        device="cpu",
-        max_total_tokens=64,
-        max_running_requests=2,
+def test_dummy_weights_load_from_a_config(dummy_runner):
+    runner = dummy_runner(
+        {**TINY, "torch_dtype": "bfloat16"}, device="cpu", max_total_tokens=64, max_running_requests=2
     )
-    runner = ModelRunner(args, load_model_config(str(tmp_path)), str(tmp_path), 128)
     assert all(torch.isfinite(p).all() for p in runner.model.parameters())
     assert any(p.abs().sum() > 0 for n, p in runner.model.named_parameters() if "proj" in n)
 
