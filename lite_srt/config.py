@@ -103,6 +103,9 @@ class ServerArgs:
         "seconds SIGINT/SIGTERM waits for in-flight requests before aborting them", 5.0
     )
     log_level: str = _opt("logging level", "info", ("debug", "info", "warning", "error"))
+    decode_log_interval: int = _opt(
+        "decode steps between the scheduler's decode log lines (running, KV usage, output tok/s); 0: none", 40
+    )
 
     def __post_init__(self) -> None:
         def bad(param: str, msg: str) -> InvalidRequestError:
@@ -122,6 +125,8 @@ class ServerArgs:
             raise bad("mem_fraction_static", f"must be in (0, 1), got {self.mem_fraction_static}")
         if self.schedule_conservativeness < 0:
             raise bad("schedule_conservativeness", f"must be >= 0, got {self.schedule_conservativeness}")
+        if self.decode_log_interval < 0:
+            raise bad("decode_log_interval", f"must be >= 0, got {self.decode_log_interval}")
         if self.max_queued_requests is not None and self.max_queued_requests < 1:
             raise bad("max_queued_requests", f"must be >= 1, got {self.max_queued_requests}")
         self._check_parallel(bad)

@@ -307,3 +307,29 @@ async def test_requests_sharing_a_cached_prefix_decode_side_by_side() -> None:
         assert names in (["a"] * 3 + ["b"] * 3, ["b"] * 3 + ["a"] * 3), names
     # Later requests reused the prefixes from the cache (one may share a prefill step with its first user).
     assert sum(g.reqs[0].prompt_cached_tokens >= 40 for g in groups) >= 3
+
+
+async def test_step_log_reports_prefill_steps_and_every_nth_decode_step(caplog) -> None:
+    """One line per prefill step (new sequences, tokens, decodes riding along) and one per 5 decode steps."""
+    sched, runner = make_scheduler(True)
+    sched.step_log.decode_interval = 5
+    caplog.set_level("INFO", logger="lite_srt.engine.scheduler")
+    task = asyncio.ensure_future(sched.run_forever())
+    first = submit(sched, "a", 12, temperature=0.0, max_new_tokens=60, ignore_eos=True)
+    await asyncio.wait_for(first.queue.get(), 10)  # prefilled: "b" arrives while "a" decodes
+    prompt = [500 + i for i in range(80)]  # shares nothing with "a"
+    second = submit(sched, "b", 80, prompt, temperature=0.0, max_new_tokens=10, ignore_eos=True)
+    for g in (first, second):
+        await asyncio.wait_for(collect(g), 30)
+    sched.stop()
+    await task
+    lines = [r.getMessage() for r in caplog.records]
+    prefills = [m for m in lines if m.startswith("prefill:")]
+    # "a" in one step; "b" (80 tokens, 64-token chunks) in two, mixed with "a"'s decodes.
+    assert prefills[0].startswith("prefill: 1 new seqs, 12 new tokens, 0 cached, 0 decodes alongside")
+    assert prefills[1].startswith("prefill: 1 new seqs, 63 new tokens, 0 cached, 1 decodes alongside")
+    assert prefills[2].startswith("prefill: 0 new seqs, 17 new tokens, 0 cached, 1 decodes alongside")
+    assert len(prefills) == 3 and sched.counters.mixed_steps == 2
+    decodes = [m for m in lines if m.startswith("decode:")]
+    assert len(decodes) == runner.decode_batches // 5 and decodes
+    assert all("output tok/s" in m for m in decodes)

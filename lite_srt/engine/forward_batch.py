@@ -24,6 +24,19 @@ def list_to_device(values: list, dtype: torch.dtype, device: torch.device | str)
     return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
 
 
+@dataclass(frozen=True)
+class MixedSplit:
+    """A mixed batch cut in two: prefill chunks first, then `decodes` one-token rows (as the scheduler builds it).
+    The extend kernel spends a 128-row query tile per row, so decode rows go to the decode kernel instead; these
+    are the views each half needs, made once per step rather than once per layer."""
+
+    prefill_tokens: int
+    req_pool_indices: tuple[torch.Tensor, torch.Tensor]  # (prefill requests, decode requests)
+    seq_lens: tuple[torch.Tensor, torch.Tensor]
+    extend_lens: torch.Tensor  # prefill requests only
+    extend_start_loc: torch.Tensor
+
+
 class ForwardMode(enum.Enum):
     EXTEND = "extend"  # prefill (possibly a chunk, possibly with a cached prefix)
     DECODE = "decode"  # one new token per request
@@ -62,6 +75,8 @@ class ForwardBatch:
     host: HostBatch | None = None
     # Decode only: rows sharing a prefix, attended once per group (prefix_groups.py); None = plain decode.
     cascade: CascadeBatch | None = None
+    # Mixed batches: the one-token decode rows (the last requests), attended by the decode kernel.
+    mixed: MixedSplit | None = None
 
     @property
     def batch_size(self) -> int:
@@ -133,8 +148,26 @@ class ForwardBatch:
         rows_t = rows if isinstance(rows, torch.Tensor) else _int64(rows)
         self.gather_idx = idx_t.to(device, non_blocking=True)
         self.gather_rows = rows_t.to(device, non_blocking=True)
+        self.mixed = self._split(int(idx_t.numel()))
         if self.host is not None:
             self.host.gather_idx, self.host.gather_rows = idx_t, rows_t
+
+    def _split(self, decodes: int) -> MixedSplit | None:
+        """The gathered rows are the batch's decodes: its last `decodes` requests, one token each."""
+        if decodes == 0:
+            return None
+        b = self.batch_size - decodes
+        return MixedSplit(
+            prefill_tokens=self.num_tokens - decodes,
+            req_pool_indices=_split_views(self.req_pool_indices, b),
+            seq_lens=_split_views(self.seq_lens, b),
+            extend_lens=self.extend_lens[:b],
+            extend_start_loc=self.extend_start_loc[:b],
+        )
+
+
+def _split_views(t: torch.Tensor, at: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return t[:at], t[at:]
 
 
 def _int64(values: list[int]) -> torch.Tensor:

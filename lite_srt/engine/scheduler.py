@@ -33,6 +33,7 @@ from lite_srt.engine.model_runner import ModelRunner, StepResult
 from lite_srt.engine.prefix_groups import MIN_SAVED_KEYS, CascadeBatch, find_groups
 from lite_srt.engine.request import Req, ReqState, RequestGroup, SharedPrefix, make_output
 from lite_srt.engine.sampler import SamplerRow, SamplingBatch
+from lite_srt.engine.step_log import StepLog
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class Scheduler:
         self.max_running = runner.max_running_requests  # the flag, or the runner's pool-sized default
         self.cascade = runner.cascade_attention
         self._cascade_memo: tuple[int, list[Req], CascadeBatch | None] | None = None
+        self.step_log = StepLog(args.decode_log_interval)
 
     # -- entry points (event loop) -------------------------------------------------------------------
     def add_group(self, group: RequestGroup, prefix_job: Req | None) -> None:
@@ -216,6 +218,7 @@ class Scheduler:
             new_slots.append(slots)
             budget -= len(slots)
         capacity = self.max_running - len(self.running)
+        cached = 0  # prefix tokens reused by the requests starting this step
         for req in self._ordered_waiting():
             if budget <= 0 or len(reqs) >= capacity or self.chunked is not None:
                 break
@@ -226,13 +229,26 @@ class Scheduler:
             reqs.append(req)
             new_slots.append(slots)
             budget -= len(slots)
+            cached += req.cached_len
         if not reqs:
             return None
-        if decodes and sum(self.kv.slots_needed(r, 1) for r in decodes) <= self.kv.available():
-            # Only when they fit without retraction: a pure decode step handles memory pressure.
+        if not decodes or sum(self.kv.slots_needed(r, 1) for r in decodes) > self.kv.available():
+            decodes = []  # mixed only when they fit without retraction: a pure decode step handles pressure
+        self._log_prefill(reqs, new_slots, cached, len(decodes))
+        if decodes:
             self.counters.mixed_steps += 1
             return self._build(ForwardMode.EXTEND, reqs, new_slots, decodes, self.kv.extend_decode(decodes))
         return self._build(ForwardMode.EXTEND, reqs, new_slots)
+
+    def _log_prefill(self, reqs: list[Req], new_slots: list[torch.Tensor], cached: int, decodes: int) -> None:
+        fresh = len(reqs) - (reqs[0].kv_len > reqs[0].cached_len)  # a continued chunk is not a new sequence
+        self.step_log.prefill(
+            fresh, sum(int(s.numel()) for s in new_slots), cached, decodes, self._kv_usage(),
+            len(self.running), len(self.waiting),
+        )  # fmt: skip
+
+    def _kv_usage(self) -> float:
+        return 1.0 - self.kv.available() / max(self.kv.total_slots, 1)
 
     def _admit(
         self, req: Req, budget: int, force: bool, admitted: list[Req] | None = None
@@ -274,6 +290,7 @@ class Scheduler:
         reqs = [r for r in self.running if len(r.output_ids) + r.pending < r.max_output]
         if not reqs:
             return None
+        self.step_log.decode(self.counters.generation_tokens, len(reqs), self._kv_usage(), len(self.waiting))
         return self._build(ForwardMode.DECODE, [], [], reqs, self.kv.extend_decode(reqs))
 
     def _finishes_with_pending(self, req: Req) -> bool:

@@ -128,15 +128,25 @@ def _native_attention(name: str, q: torch.Tensor):
     return _native(name, q) if q.shape[-1] in _NATIVE_HEAD_DIMS else None
 
 
+def _into(out: torch.Tensor | None, result: torch.Tensor) -> torch.Tensor:
+    if out is None:
+        return result
+    out.copy_(result)
+    return out
+
+
 def decode_attention(
-    q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale: float, cascade=None
+    q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale: float, cascade=None, out=None
 ) -> torch.Tensor:
     """`cascade` (a prefix_groups.CascadeBatch) names rows sharing a prefix: the CUDA kernel reads each group's
-    shared keys once. The result is the same attention; ops without a cascade path ignore it."""
+    shared keys once. The result is the same attention; ops without a cascade path ignore it. `out` (contiguous,
+    q's shape) receives the result when given."""
     op = _native_attention("decode_attention", q)
     if op is None:
-        return ref.decode_attention(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale)
-    out = torch.empty_like(q)
+        return _into(
+            out, ref.decode_attention(q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale)
+        )
+    out = torch.empty_like(q) if out is None else out
     cascade_op = _native_attention("decode_attention_cascade", q) if cascade is not None else None
     if cascade_op is not None:
         c = cascade
@@ -150,11 +160,20 @@ def decode_attention(
 
 
 def extend_attention(
-    q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, extend_lens, extend_start_loc, scale: float
+    q,
+    k_cache,
+    v_cache,
+    req_to_token,
+    req_pool_indices,
+    seq_lens,
+    extend_lens,
+    extend_start_loc,
+    scale: float,
+    out=None,
 ) -> torch.Tensor:
     op = _native_attention("extend_attention", q)
     if op is None:
-        return ref.extend_attention(
+        result = ref.extend_attention(
             q,
             k_cache,
             v_cache,
@@ -165,7 +184,8 @@ def extend_attention(
             extend_start_loc,
             scale,
         )
-    out = torch.empty_like(q)
+        return _into(out, result)
+    out = torch.empty_like(q) if out is None else out
     op(
         out,
         q,

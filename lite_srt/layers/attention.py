@@ -5,12 +5,18 @@ Runs on the forward thread; it writes only the pool slots named by the batch's o
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
 from lite_srt import kernels
-from lite_srt.engine.forward_batch import ForwardBatch, ForwardMode
+from lite_srt.engine.forward_batch import ForwardBatch, ForwardMode, MixedSplit
 from lite_srt.mem.kv_pool import KVPool
+
+# Mixed prefill+decode steps send their decode rows to the decode kernel (LITE_SRT_SPLIT_MIXED=0: everything
+# through the extend kernel, for A/B runs; docs/BENCHMARKS.md has both).
+_SPLIT_MIXED = os.environ.get("LITE_SRT_SPLIT_MIXED", "1") != "0"
 
 
 class PagedAttention(nn.Module):
@@ -37,6 +43,8 @@ class PagedAttention(nn.Module):
                 self.scale,
                 batch.cascade,
             )
+        elif batch.mixed is not None and _SPLIT_MIXED:
+            out = self._mixed(q, k_cache, v_cache, batch, batch.mixed)
         else:
             out = kernels.extend_attention(
                 q,
@@ -50,3 +58,25 @@ class PagedAttention(nn.Module):
                 self.scale,
             )
         return out.reshape(out.shape[0], self.num_heads * self.head_dim)
+
+    def _mixed(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        batch: ForwardBatch,
+        m: MixedSplit,
+    ) -> torch.Tensor:
+        """Prefill rows through the extend kernel, decode rows through the decode kernel, into one output."""
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        t = m.prefill_tokens
+        if t:
+            kernels.extend_attention(
+                q[:t], k_cache, v_cache, batch.req_to_token, m.req_pool_indices[0], m.seq_lens[0],
+                m.extend_lens, m.extend_start_loc, self.scale, out=out[:t],
+            )  # fmt: skip
+        kernels.decode_attention(
+            q[t:], k_cache, v_cache, batch.req_to_token, m.req_pool_indices[1], m.seq_lens[1], self.scale,
+            out=out[t:],
+        )  # fmt: skip
+        return out
