@@ -11,6 +11,7 @@ import torch
 
 from lite_srt import kernels
 from lite_srt.engine.forward_batch import ForwardBatch, ForwardMode
+from lite_srt.engine.prefix_groups import find_groups
 from lite_srt.kernels import reference as ref
 from lite_srt.layers import attention as attention_mod
 from lite_srt.layers.attention import PagedAttention
@@ -123,3 +124,34 @@ def test_a_step_without_decodes_has_no_split() -> None:
         ForwardMode.EXTEND, [1, 2, 3], [0, 1, 2], torch.arange(3), [0], [3], [3], torch.zeros(1, 4), "cpu"
     )
     assert fb.mixed is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and kernels.has_native("decode_attention_cascade", "cuda")),
+    reason="needs CUDA and a CUDA build of lite_srt._C",
+)
+def test_mixed_step_decode_half_takes_cascade_groups() -> None:
+    """Six decode rows, the first four sharing a 512-token prefix (one cascade group), beside a prefill chunk:
+    the decode half runs the cascade kernels and still equals one extend over the whole batch."""
+    torch.manual_seed(0)
+    fb, slots = _mixed_batch("cuda", [(100, 50)], [600, 610, 620, 630, 300, 77])
+    table = fb.req_to_token
+    table[1:5, :512] = table[1, :512].clone()  # rows 1-4 (decodes 0-3) hold the same slots for 512 positions
+    own = [table[r, : int(fb.seq_lens[r])].tolist() for r in range(1, 7)]
+    groups = find_groups(own, [512, 512, 512, 512, 0, 0])
+    assert groups is not None and groups.sizes == [4] and groups.shared_lens[0] == 512
+    fb.cascade = groups.to_device(torch.device("cuda"))
+    pool = KVPool(1, slots, HKV, D, torch.bfloat16, "cuda")
+    pool.k_buffers[0].normal_()
+    pool.v_buffers[0].normal_()
+    t = fb.num_tokens
+    q, k, v = (torch.randn(t, h, D, dtype=torch.bfloat16, device="cuda") for h in (HQ, HKV, HKV))
+    layer = PagedAttention(0, HQ, HKV, D)
+    out = layer(q, k, v, fb, pool)
+    expected = ref.extend_attention(
+        q.float(), pool.k_buffers[0].float(), pool.v_buffers[0].float(), table, fb.req_pool_indices,
+        fb.seq_lens, fb.extend_lens, fb.extend_start_loc, layer.scale,
+    ).reshape(t, HQ * D)  # fmt: skip
+    err = ((out.float() - expected).abs().max() / expected.abs().max()).item()
+    assert err <= 1e-2, f"max relative error {err:.3g}"

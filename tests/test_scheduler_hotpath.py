@@ -47,6 +47,7 @@ class ScriptedRunner:
     max_running_requests: int = 8
     next_tokens: torch.Tensor = field(default_factory=lambda: torch.zeros(64, dtype=torch.int64))
     decode_batches: int = 0
+    mixed_cascades: int = 0  # mixed steps whose decode half carried cascade groups
     cascade_groups: list[tuple[int, int]] = field(
         default_factory=list
     )  # (rows, shared length) per group seen
@@ -56,6 +57,10 @@ class ScriptedRunner:
         if fb.mode is ForwardMode.DECODE:
             self._check_decode(fb)
             self.decode_batches += 1
+        elif fb.cascade is not None:  # a mixed step's decode half
+            assert fb.mixed is not None
+            self._check_cascade(fb.cascade, fb.mixed.req_pool_indices[1], fb.mixed.seq_lens[1])
+            self.mixed_cascades += 1
         if sb is None:
             return StepResult([], None, None, None, 0.0)
         self.sampling.append(sb)
@@ -72,21 +77,19 @@ class ScriptedRunner:
             assert int(fb.seq_lens[b]) == int(pos[-1]) + 1
             assert torch.equal(self.table.table[row, pos].to(torch.int64), fb.out_cache_loc[lo:hi])
         if fb.cascade is not None:
-            self._check_cascade(fb)
+            self._check_cascade(fb.cascade, fb.req_pool_indices, fb.seq_lens)
 
-    def _check_cascade(self, fb: ForwardBatch) -> None:
+    def _check_cascade(self, c, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor) -> None:
         """Every cascade group's rows hold the same slots for their shared positions (whole 64-key tiles, short
         of each row's own last position), and rows outside the groups share nothing."""
-        c = fb.cascade
-        assert c is not None
-        shared, rows = c.shared_lens.tolist(), fb.req_pool_indices.tolist()
+        shared, rows = c.shared_lens.tolist(), req_pool_indices.tolist()
         grouped = set()
         for start, size in zip(c.group_start.tolist(), c.group_size.tolist()):
             length = shared[start]
             assert size >= 2 and length >= 64 and length % 64 == 0
             first = self.table.table[rows[start], :length]
             for b in range(start, start + size):
-                assert shared[b] == length and length < int(fb.seq_lens[b])
+                assert shared[b] == length and length < int(seq_lens[b])
                 assert torch.equal(self.table.table[rows[b], :length], first)
                 grouped.add(b)
             self.cascade_groups.append((size, length))
@@ -230,6 +233,7 @@ async def test_decode_batches_group_requests_sharing_a_cached_prefix(
     for o in outs:  # the scripted model's tokens: what attention grouping must not change
         assert o[-1].output_ids == [token_at(p) for p in range(337, 361)]
     assert sched.counters.cascade_steps > 0
+    assert runner.mixed_cascades > 0  # decodes riding along later prompts' chunks are grouped too
     assert max(size for size, _ in runner.cascade_groups) >= 4
     assert {length for _, length in runner.cascade_groups} == {320}
     sched.kv.check_invariant()
@@ -333,3 +337,34 @@ async def test_step_log_reports_prefill_steps_and_every_nth_decode_step(caplog) 
     decodes = [m for m in lines if m.startswith("decode:")]
     assert len(decodes) == runner.decode_batches // 5 and decodes
     assert all("output tok/s" in m for m in decodes)
+
+
+async def test_requests_sharing_an_uncached_prompt_start_compute_it_once(caplog) -> None:
+    """Three prompts with the same 40-token start arrive together: the first computes it, the other two wait one
+    step and reuse it from the cache, while an unrelated prompt is admitted in the first step."""
+    sched, runner = make_scheduler(True)
+    caplog.set_level("INFO", logger="lite_srt.engine.scheduler")
+    shared = [300 + i for i in range(40)]
+    prompts = {
+        "a": shared + [700 + i for i in range(10)],
+        "b": shared + [720 + i for i in range(10)],
+        "c": shared + [740 + i for i in range(10)],
+        "d": [900 + i for i in range(12)],
+    }
+    task = asyncio.ensure_future(sched.run_forever())
+    groups = [
+        submit(sched, rid, len(p), p, temperature=0.0, max_new_tokens=4, ignore_eos=True)
+        for rid, p in prompts.items()
+    ]
+    finals = [(await asyncio.wait_for(collect(g), 30))[-1] for g in groups]
+    sched.stop()
+    await task
+    prefills = [r.getMessage() for r in caplog.records if r.getMessage().startswith("prefill:")]
+    assert prefills[0].startswith("prefill: 2 new seqs, 62 new tokens, 0 cached")  # "a" and "d"
+    assert prefills[1].startswith("prefill: 2 new seqs, 20 new tokens, 80 cached")  # "b", "c": 40 cached each
+    assert [f.cached_tokens for f in finals] == [0, 40, 40, 0]
+    # Outputs are what the scripted model gives for these positions, whatever was reused.
+    assert all(
+        f.output_ids == [token_at(p) for p in range(len(prompts[r]) - 1, len(prompts[r]) + 3)]
+        for f, r in zip(finals, prompts)
+    )

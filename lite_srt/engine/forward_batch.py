@@ -73,7 +73,8 @@ class ForwardBatch:
     gather_idx: torch.Tensor | None = None
     gather_rows: torch.Tensor | None = None
     host: HostBatch | None = None
-    # Decode only: rows sharing a prefix, attended once per group (prefix_groups.py); None = plain decode.
+    # Decode rows (a decode step's, or a mixed step's decode half) sharing a prefix, attended once per group
+    # (prefix_groups.py); None = plain decode.
     cascade: CascadeBatch | None = None
     # Mixed batches: the one-token decode rows (the last requests), attended by the decode kernel.
     mixed: MixedSplit | None = None

@@ -42,6 +42,10 @@ logger = logging.getLogger(__name__)
 _RATIO_INIT, _RATIO_MIN, _RATIO_DECAY = 0.7, 0.1, 0.002
 _MAX_RESERVE_PER_REQ = 4096
 _LPM_MAX_QUEUE = 128  # longest-prefix-match ordering costs a tree walk per waiting request
+# In-batch prefix sharing: a waiting request whose first _SHARED_HEAD prompt tokens another request of the same
+# prefill step is computing (uncached) waits a step, then reuses that prefix from the cache instead of
+# computing it a second time (SGLang deprioritizes such requests too).
+_SHARED_HEAD = 32
 
 
 @dataclass
@@ -219,9 +223,13 @@ class Scheduler:
             budget -= len(slots)
         capacity = self.max_running - len(self.running)
         cached = 0  # prefix tokens reused by the requests starting this step
+        computing = {h for h in map(_uncached_head, reqs) if h is not None}  # prompt heads prefilled now
         for req in self._ordered_waiting():
             if budget <= 0 or len(reqs) >= capacity or self.chunked is not None:
                 break
+            head = _prompt_head(req) if req.row is None else None
+            if head is not None and head in computing:
+                continue  # the same prompt start is being computed in this step: reuse it next step
             slots = self._admit(req, budget, force=not reqs and not self.running, admitted=reqs)
             if slots is None:
                 break
@@ -230,15 +238,20 @@ class Scheduler:
             new_slots.append(slots)
             budget -= len(slots)
             cached += req.cached_len
+            if head is not None and req.cached_len < _SHARED_HEAD:
+                computing.add(head)
         if not reqs:
             return None
         if not decodes or sum(self.kv.slots_needed(r, 1) for r in decodes) > self.kv.available():
             decodes = []  # mixed only when they fit without retraction: a pure decode step handles pressure
         self._log_prefill(reqs, new_slots, cached, len(decodes))
-        if decodes:
-            self.counters.mixed_steps += 1
-            return self._build(ForwardMode.EXTEND, reqs, new_slots, decodes, self.kv.extend_decode(decodes))
-        return self._build(ForwardMode.EXTEND, reqs, new_slots)
+        if not decodes:
+            return self._build(ForwardMode.EXTEND, reqs, new_slots)
+        self.counters.mixed_steps += 1
+        batch = self._build(ForwardMode.EXTEND, reqs, new_slots, decodes, self.kv.extend_decode(decodes))
+        if self.cascade:  # the decode half is attended by the decode kernels (layers/attention.py)
+            batch.forward.cascade = self._cascade_groups(decodes)
+        return batch
 
     def _log_prefill(self, reqs: list[Req], new_slots: list[torch.Tensor], cached: int, decodes: int) -> None:
         fresh = len(reqs) - (reqs[0].kv_len > reqs[0].cached_len)  # a continued chunk is not a new sequence
@@ -594,6 +607,18 @@ class Scheduler:
         for req in batch.reqs:
             if req.group.rid in self.groups:
                 self._abort_group(req.group, message, kv_valid=False)  # its K/V may be garbage: cache none
+
+
+def _prompt_head(req: Req) -> tuple[int, ...] | None:
+    """The first prompt tokens another request could share (None: too short, or the prompt is shared anyway)."""
+    if req.shared is not None or req.is_prefix_job or len(req.input_ids) <= _SHARED_HEAD:
+        return None
+    return tuple(req.input_ids[:_SHARED_HEAD])
+
+
+def _uncached_head(req: Req) -> tuple[int, ...] | None:
+    """A continued chunk's prompt head when its start was not cached (it is computing that head)."""
+    return _prompt_head(req) if req.cached_len < _SHARED_HEAD else None
 
 
 def _uses_penalties(req: Req) -> bool:

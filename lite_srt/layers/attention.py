@@ -77,6 +77,6 @@ class PagedAttention(nn.Module):
             )  # fmt: skip
         kernels.decode_attention(
             q[t:], k_cache, v_cache, batch.req_to_token, m.req_pool_indices[1], m.seq_lens[1], self.scale,
-            out=out[t:],
+            batch.cascade, out=out[t:],
         )  # fmt: skip
         return out
