@@ -98,14 +98,16 @@ class ScriptedRunner:
 
 
 def make_scheduler(
-    overlap: bool, max_running: int = 8, context: int = CONTEXT, cascade: bool = False
+    overlap: bool, max_running: int = 8, context: int = CONTEXT, cascade: bool = False, radix: bool = True
 ) -> tuple[Scheduler, ScriptedRunner]:
     runner = ScriptedRunner(
         ReqToTokenTable(max_running * 2 + 16, context + 1, "cpu"),
         cascade_attention=cascade,
         max_running_requests=max_running,
     )
-    args = ServerArgs(max_running_requests=max_running, disable_overlap_schedule=not overlap)
+    args = ServerArgs(
+        max_running_requests=max_running, disable_overlap_schedule=not overlap, disable_radix_cache=not radix
+    )
 
     async def run_step(fb: ForwardBatch, rows: list[int], sb: SamplingBatch | None) -> StepResult:
         return runner.step(fb, rows, sb)
@@ -339,10 +341,12 @@ async def test_step_log_reports_prefill_steps_and_every_nth_decode_step(caplog) 
     assert all("output tok/s" in m for m in decodes)
 
 
-async def test_requests_sharing_an_uncached_prompt_start_compute_it_once(caplog) -> None:
+@pytest.mark.parametrize("radix", [True, False])
+async def test_requests_sharing_an_uncached_prompt_start_compute_it_once(caplog, radix: bool) -> None:
     """Three prompts with the same 40-token start arrive together: the first computes it, the other two wait one
-    step and reuse it from the cache, while an unrelated prompt is admitted in the first step."""
-    sched, runner = make_scheduler(True)
+    step and reuse it from the cache, while an unrelated prompt is admitted in the first step. Without the radix
+    cache there is nothing to reuse, so nobody waits."""
+    sched, runner = make_scheduler(True, radix=radix)
     caplog.set_level("INFO", logger="lite_srt.engine.scheduler")
     shared = [300 + i for i in range(40)]
     prompts = {
@@ -360,6 +364,10 @@ async def test_requests_sharing_an_uncached_prompt_start_compute_it_once(caplog)
     sched.stop()
     await task
     prefills = [r.getMessage() for r in caplog.records if r.getMessage().startswith("prefill:")]
+    if not radix:  # FCFS: "a" and the first 14 tokens of "b" fill the 64-token step
+        assert prefills[0].startswith("prefill: 2 new seqs, 64 new tokens, 0 cached")
+        assert [f.cached_tokens for f in finals] == [0, 0, 0, 0]
+        return
     assert prefills[0].startswith("prefill: 2 new seqs, 62 new tokens, 0 cached")  # "a" and "d"
     assert prefills[1].startswith("prefill: 2 new seqs, 20 new tokens, 80 cached")  # "b", "c": 40 cached each
     assert [f.cached_tokens for f in finals] == [0, 40, 40, 0]

@@ -103,6 +103,9 @@ class Scheduler:
         self.cascade = runner.cascade_attention
         self._cascade_memo: tuple[int, list[Req], CascadeBatch | None] | None = None
         self.step_log = StepLog(args.decode_log_interval)
+        self.shares_prefixes = (
+            not args.disable_radix_cache
+        )  # the naive cache matches no prefix: nothing to wait for
 
     # -- entry points (event loop) -------------------------------------------------------------------
     def add_group(self, group: RequestGroup, prefix_job: Req | None) -> None:
@@ -227,7 +230,7 @@ class Scheduler:
         for req in self._ordered_waiting():
             if budget <= 0 or len(reqs) >= capacity or self.chunked is not None:
                 break
-            head = _prompt_head(req) if req.row is None else None
+            head = _prompt_head(req) if req.row is None and self.shares_prefixes else None
             if head is not None and head in computing:
                 continue  # the same prompt start is being computed in this step: reuse it next step
             slots = self._admit(req, budget, force=not reqs and not self.running, admitted=reqs)
