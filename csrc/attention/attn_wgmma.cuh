@@ -66,6 +66,77 @@ __device__ __forceinline__ void fence_proxy_async() {
 #endif
 }
 
+// Shared-memory mbarriers (the producer/consumer handshake of a warp-specialized kernel). A phase completes when
+// `count` threads have arrived; waiters name the phase by its parity, so a waiter must never be more than one
+// phase ahead of the barrier.
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
+#if defined(LITE_SRT_SM90A)
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+#endif
+}
+
+// Makes barrier initialisations visible before the barrier (a __syncthreads) that publishes them.
+__device__ __forceinline__ void mbar_init_fence() {
+#if defined(LITE_SRT_SM90A)
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+
+// Release: this thread's earlier memory operations are visible to whoever acquires the completed phase.
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+#if defined(LITE_SRT_SM90A)
+  asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.release.cta.shared::cta.b64 state, [%0];\n}\n" ::"r"(
+                   smem_u32(bar))
+               : "memory");
+#endif
+}
+
+// Acquire: returns once the phase of the given parity has completed (try_wait may suspend the thread for a
+// while before it answers no, so the loop does not spin hot).
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+#if defined(LITE_SRT_SM90A)
+  const uint32_t addr = smem_u32(bar);
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(addr), "r"(parity)
+        : "memory");
+  } while (done == 0);
+#endif
+}
+
+// Named barriers 1..15 among `n` threads (a multiple of 32; barrier 0 is __syncthreads). sync waits for the
+// others, arrive only counts itself in.
+__device__ __forceinline__ void named_bar_sync(int id, int n) {
+#if defined(LITE_SRT_SM90A)
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+#endif
+}
+
+__device__ __forceinline__ void named_bar_arrive(int id, int n) {
+#if defined(LITE_SRT_SM90A)
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+#endif
+}
+
+// Warpgroup-wide register reallocation (a multiple of 8 in [24, 256]): dec hands registers back to the SM's
+// pool, inc blocks until the pool can grant them.
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() {
+#if defined(LITE_SRT_SM90A)
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() {
+#if defined(LITE_SRT_SM90A)
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+
 // Pins accumulator registers in program order after a wgmma wait: without it the compiler may read them
 // between the (asynchronous) wgmma and the wait that completes it.
 template <int N>

@@ -12,7 +12,8 @@
 // (request, tile) by a scan over extend_lens, so no host sync is needed.
 // sm_90a path (extend_wgmma_kernel, chosen at run time where the binary has sm_90a code and the device is a
 // Hopper): the same tiles and gather, with both matrix products on warpgroup mma (wgmma) reading K and V from
-// 128-byte-swizzled shared memory; see the comment above the kernel.
+// 128-byte-swizzled shared memory; see the comment above the kernel. extend_wgmma_ws_kernel (the default at
+// d=128) runs the same math warp-specialized: a producer warpgroup gathers, two consumer warpgroups ping-pong.
 // SIMT path: float32 and ROCm (no mma.sync there), one warp per (token, head); correct but slow.
 #include <cfloat>
 #include <cstdint>
@@ -690,6 +691,276 @@ __global__ void __launch_bounds__(kMmaThreads, 1) extend_wgmma_kernel(AttentionA
   }
 #endif  // LITE_SRT_SM90A
 }
+
+// Warp-specialized Hopper kernel (the default at d=128; LITE_SRT_EXTEND_KERNEL=wgmma_ws forces it): FlashAttention-3's
+// scheduling on the tiles, gather and math of extend_wgmma_kernel<T, D, true, 128>. 384 threads: warpgroup 0 only
+// gathers (Q once, then 128-key K/V tiles by slot with cp.async into a 3-stage ring) and after setmaxnreg.dec keeps
+// 40 registers;
+// warpgroups 1 and 2 are the two 64-row consumers of the old kernel and take the freed registers (232 each), so
+// no consumer spends issue slots or registers on copies and no copy waits for a softmax. Producer and consumers
+// meet at shared-memory mbarriers per stage: full[s] completes when all 128 producer threads have seen their own
+// cp.async group land, fenced it for the async proxy and arrived (release); empty[s] when all 256 consumer
+// threads have arrived after the wgmma that read the stage completed. Consumers keep the kOverlap schedule (P V
+// of tile j - 1 behind S of tile j), so a stage is held one tile past its S: of the 3 stages, 2 are read and one
+// is being filled. Ping-pong: named barriers 2 and 3 hand the tensor cores from one consumer warpgroup to the
+// other at every tile, so one's softmax runs under the other's products. Causal skips stay per warpgroup, but a
+// consumer goes through the full/empty and ping-pong handshakes of every tile of the block, computed or not.
+constexpr int kWsThreads = 384;  // producer warpgroup + 2 consumer warpgroups
+constexpr int kWsKeys = 128;
+constexpr int kWsStages = 3;
+constexpr int kWsSlotRing = 2;  // slot indices of tiles j and j + 1 (the producer's own ring)
+constexpr int kWsProducerRegs = 40;
+constexpr int kWsConsumerRegs = 232;
+static_assert(128 * kWsProducerRegs + 2 * 128 * kWsConsumerRegs <= 65536, "the register file is 64K words");
+
+template <typename T, int D>
+constexpr size_t extend_ws_smem_bytes() {
+  return 1024 + kBlockQ * D * sizeof(T) + 2 * kWsStages * kWsKeys * D * sizeof(T) + kWsSlotRing * kWsKeys * sizeof(int);
+}
+
+// issue_kv_tile_sw128 for the kThreads threads of one warpgroup (tid: index within it): consecutive threads take
+// consecutive 16-byte chunks of a row. A thread keeps one column and steps by a multiple of 8 rows, so its
+// swizzle phase is fixed and every destination is one base plus a constant: the 40-register producer of
+// extend_wgmma_ws_kernel cannot afford per-copy address arithmetic.
+template <typename T, int D, int kKeys, int kThreads>
+__device__ __forceinline__ void issue_kv_tile_sw128_wg(int tid, T* ks, T* vs, const int* slots, const T* k_base,
+                                                       int64_t k_row, const T* v_base, int64_t v_row) {
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  constexpr int kRowStep = kThreads / kChunks;
+  static_assert(kThreads % kChunks == 0 && kRowStep % 8 == 0 && kKeys % kRowStep == 0, "fixed swizzle phase");
+  const int r0 = tid / kChunks;
+  const int col = (tid % kChunks) * 8;
+  const int off = attn::sw128_offset<kKeys>(r0, col);
+  const T* kc = k_base + col;
+  const T* vc = v_base + col;
+#pragma unroll
+  for (int i = 0; i < kKeys / kRowStep; ++i) {
+    const int slot = slots[r0 + i * kRowStep];
+    const int64_t s = slot < 0 ? 0 : slot;
+    attn::cp_async_16(ks + off + i * kRowStep * 64, kc + s * k_row, slot >= 0);
+    attn::cp_async_16(vs + off + i * kRowStep * 64, vc + s * v_row, slot >= 0);
+  }
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kWsThreads, 1) extend_wgmma_ws_kernel(AttentionArgs a, int tiles_bound) {
+#if defined(LITE_SRT_SM90A)
+  constexpr int kKeys = kWsKeys;
+  constexpr int kTileElems = kKeys * D;
+  constexpr int kChunksD = D / 64;
+  constexpr int kWg = 128;  // threads per warpgroup
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  // Swizzle atoms need 1024-byte alignment, which the dynamic shared-memory base does not promise.
+  const uint32_t raw_addr = attn::smem_u32(smem_raw);
+  T* qs = reinterpret_cast<T*>(smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr));  // 2 x [D / 64][64][64]
+  T* ks = qs + kBlockQ * D;
+  T* vs = ks + kWsStages * kTileElems;
+  int* sm_slot = reinterpret_cast<int*>(vs + kWsStages * kTileElems);  // producer only
+  __shared__ int64_t tile_info[2];
+  __shared__ __align__(8) uint64_t full_bar[kWsStages];
+  __shared__ __align__(8) uint64_t empty_bar[kWsStages];
+
+  if (threadIdx.x == 0) {
+    int64_t req = -1, tile_in_req = 0;
+    if (!find_tile(a, tiles_bound - 1 - static_cast<int64_t>(blockIdx.y), kBlockQ, req, tile_in_req)) req = -1;
+    tile_info[0] = req;
+    tile_info[1] = tile_in_req;
+#pragma unroll
+    for (int s = 0; s < kWsStages; ++s) {
+      attn::mbar_init(&full_bar[s], kWg);       // every producer thread arrives
+      attn::mbar_init(&empty_bar[s], 2 * kWg);  // every consumer thread arrives
+    }
+    attn::mbar_init_fence();
+  }
+  __syncthreads();
+  const int64_t b = tile_info[0];
+  if (b < 0) return;  // all 384 threads alike, before any other barrier
+  const int64_t head = blockIdx.x;
+  const int64_t kvh = head / (a.q_heads / a.kv_heads);
+  const int64_t n_ext = a.extend_lens[b];
+  const int64_t seq_len = a.seq_lens[b];
+  const int64_t prefix = seq_len - n_ext;
+  const int64_t t0 = tile_info[1] * kBlockQ;
+  const int64_t row0 = a.extend_start_loc[b] + t0;
+  const int64_t kv_end = min(seq_len, prefix + t0 + kBlockQ);
+  const int n_tiles = static_cast<int>(ceil_div(kv_end, kKeys));  // >= 1: the tile's first row sees key 0..
+
+  if (threadIdx.x < kWg) {
+    // ---- Producer. Tile j goes to stage j % kWsStages. Its copies are published (full) one tile late, when the
+    // next tile's copies are out and cp.async.wait_group has landed it, or earlier, before the producer blocks
+    // on a free stage (then it is the only group in flight): a consumer never waits on a tile that has landed.
+    attn::setmaxnreg_dec<kWsProducerRegs>();
+    const int p = threadIdx.x;
+    const int64_t table_row = a.req_pool_indices[b] * a.req_to_token_stride;
+    const T* k_base = static_cast<const T*>(a.k_cache) + kvh * a.k_stride.head;
+    const T* v_base = static_cast<const T*>(a.v_cache) + kvh * a.v_stride.head;
+    {
+      // Q (rows past the extend: zeros) joins tile 0's copy group, so full[0] publishes it too.
+      // Thread p copies column chunk p % 16 of rows p / 16 + 8 i (the same fixed-phase walk as the K/V tiles).
+      constexpr int kRowStep = kWg / (D / 8);
+      const int r0 = p / (D / 8), col = (p % (D / 8)) * 8;
+      const T* qb = static_cast<const T*>(a.q) + row0 * a.q_stride.row + head * a.q_stride.head + col;
+      T* qd = qs + attn::sw128_offset<64>(r0, col);
+#pragma unroll
+      for (int i = 0; i < kBlockQ / kRowStep; ++i) {
+        const int r = r0 + i * kRowStep;
+        const bool ok = t0 + r < n_ext;
+        // Rows 64.. belong to the second consumer warpgroup's [D / 64][64][64] block.
+        attn::cp_async_16(qd + (i * kRowStep / 64) * (64 * D) + (i * kRowStep % 64) * 64,
+                          ok ? qb + r * a.q_stride.row : qb, ok);
+      }
+    }
+    // Thread p gathers the slot of key p of each tile, two tiles ahead of the copies that read it.
+    int next0 = attn::slot_at(a, table_row, p, kv_end);
+    int next1 = attn::slot_at(a, table_row, kKeys + p, kv_end);
+    for (int j = 0; j < n_tiles; ++j) {
+      const int stage = j % kWsStages;
+      // Ring entry j % 2 last held tile j - 2, whose copies every producer thread issued before the named
+      // barrier of tile j - 1.
+      sm_slot[(j % kWsSlotRing) * kKeys + p] = next0;
+      next0 = next1;
+      next1 = attn::slot_at(a, table_row, (j + 2) * static_cast<int64_t>(kKeys) + p, kv_end);
+      if (j >= kWsStages) {
+        // Tile j - 1 is this thread's only group in flight: publish it before blocking on the stage.
+        attn::cp_async_wait<0>();
+        attn::fence_proxy_async();  // cp.async wrote through the generic proxy; wgmma reads through the async one
+        attn::mbar_arrive(&full_bar[(j - 1) % kWsStages]);
+        // The stage last held tile j - kWsStages, the (j / kWsStages - 1)-th use of it: wait until the consumers
+        // completed that phase of empty[stage] (parity (j / kWsStages - 1) & 1). V of a tile is read one tile
+        // after its S (the overlapped P V), and consumers release a stage only after that product completed.
+        attn::mbar_wait(&empty_bar[stage], static_cast<uint32_t>((j / kWsStages - 1) & 1));
+      }
+      attn::named_bar_sync(1, kWg);  // the slots of tile j are visible to every producer thread
+      issue_kv_tile_sw128_wg<T, D, kKeys, kWg>(p, ks + stage * kTileElems, vs + stage * kTileElems,
+                                               sm_slot + (j % kWsSlotRing) * kKeys, k_base, a.k_stride.row, v_base,
+                                               a.v_stride.row);
+      attn::cp_async_commit();
+      if (j >= 1 && j < kWsStages) {  // one tile of lag while stages are free
+        attn::cp_async_wait<1>();  // tile j - 1 has landed (tile j may still be in flight)
+        attn::fence_proxy_async();
+        attn::mbar_arrive(&full_bar[j - 1]);
+      }
+    }
+    attn::cp_async_wait<0>();  // drain: the last tile is always still unpublished here
+    attn::fence_proxy_async();
+    attn::mbar_arrive(&full_bar[(n_tiles - 1) % kWsStages]);
+    return;
+  }
+
+  // ---- Consumers: warpgroup cw owns query rows 64 cw .. 64 cw + 63 of the tile, exactly as warpgroup cw of
+  // extend_wgmma_kernel (warp numbering included).
+  attn::setmaxnreg_inc<kWsConsumerRegs>();
+  const int cw = threadIdx.x / kWg - 1;
+  const int warp = (threadIdx.x - kWg) / WARP_SIZE;
+  const int lane = threadIdx.x % WARP_SIZE;
+  const int g = lane >> 2;
+  const int tig = lane & 3;
+  const int64_t tw = t0 + warp * 16;
+  const int64_t tr0 = tw + g, tr1 = tr0 + 8;
+  const int64_t first_limit = prefix + tw;  // keys <= this are visible to every row of the warp
+  const int64_t tg = t0 + cw * 64;
+  const int wg_tiles = tg < n_ext ? static_cast<int>(min(prefix + tg + 63, kv_end - 1) / kKeys) + 1 : 0;
+  const uint32_t q_addr = attn::smem_u32(qs + cw * 64 * D);
+
+  // Ping-pong: consumer cw takes its turn on barrier 2 + cw before issuing a tile's products and hands the turn
+  // over on barrier 3 - cw right after. Over the block's n_tiles tiles (computed or skipped alike):
+  //   barrier 2: consumer 0 syncs n_tiles times; consumer 1 arrives once up front + after tiles 0..n_tiles - 2;
+  //   barrier 3: consumer 1 syncs n_tiles times; consumer 0 arrives after each of its n_tiles tiles.
+  // Each generation is 128 + 128 threads, and the alternation keeps a warpgroup from arriving twice in one.
+  const int bar_mine = 2 + cw, bar_other = 3 - cw;
+  if (cw == 1) attn::named_bar_arrive(2, 2 * kWg);  // consumer 0 goes first
+
+  float o[kChunksD][8][4];
+#pragma unroll
+  for (int c = 0; c < kChunksD; ++c)
+#pragma unroll
+    for (int n = 0; n < 8; ++n) o[c][n][0] = o[c][n][1] = o[c][n][2] = o[c][n][3] = 0.0f;
+  attn::RowState st;
+  const float qk_scale = a.scale * attn::kLog2e;
+
+  // P of the previous tile, as in extend_wgmma_kernel<kOverlap = true>: zeros at first, so the first tile's
+  // P V (0 x its own V) adds nothing and every wgmma is issued on every computed tile with no branch around it.
+  uint32_t pa[kKeys / 16][4] = {};
+  for (int it = 0; it < wg_tiles; ++it) {
+    const int stage = it % kWsStages;
+    attn::mbar_wait(&full_bar[stage], static_cast<uint32_t>((it / kWsStages) & 1));  // tile `it` has landed
+    attn::fence_proxy_async();  // (the producer fenced already; cheap)
+    const int prev = it > 0 ? it - 1 : 0;
+    float s[kKeys / 8][4];
+    attn::named_bar_sync(bar_mine, 2 * kWg);
+    issue_qk_ss<T, D, kKeys>(s, q_addr, attn::smem_u32(ks + stage * kTileElems));
+    issue_pv<T, D, kKeys>(o, pa, attn::smem_u32(vs + (prev % kWsStages) * kTileElems));
+    if (cw == 0 || it + 1 < n_tiles) attn::named_bar_arrive(bar_other, 2 * kWg);
+    attn::wgmma_wait<1>();  // S is done; the P V product of the previous tile may still run
+    attn::fence_regs(s);
+
+    const int64_t kt = static_cast<int64_t>(it) * kKeys;
+    if (kt + kKeys - 1 > first_limit || kt + kKeys > kv_end) {  // the diagonal or the end: mask
+#pragma unroll
+      for (int n = 0; n < kKeys / 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int64_t j = kt + n * 8 + tig * 2 + (e & 1);
+          const int64_t limit = prefix + (e < 2 ? tr0 : tr1);
+          if (j > limit || j >= kv_end) s[n][e] = -INFINITY;
+        }
+      }
+    }
+    float alpha0, alpha1;
+    attn::softmax_probs<kKeys / 8>(s, st, qk_scale, alpha0, alpha1);
+    attn::wgmma_wait<0>();
+    attn::fence_regs_u32(pa);  // keeps the previous P's registers untouched until the wgmma reading them is done
+    // Tile it - 1 is read no more (its S completed last tile, its P V just now): this thread releases its stage.
+    if (it > 0) attn::mbar_arrive(&empty_bar[prev % kWsStages]);
+#pragma unroll
+    for (int c = 0; c < kChunksD; ++c) {
+      attn::fence_regs(o[c]);
+      attn::rescale_rows<8>(o[c], alpha0, alpha1);
+    }
+#pragma unroll
+    for (int kk = 0; kk < kKeys / 16; ++kk) {
+      pa[kk][0] = attn::pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+      pa[kk][1] = attn::pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+      pa[kk][2] = attn::pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      pa[kk][3] = attn::pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+    }
+#pragma unroll
+    for (int c = 0; c < kChunksD; ++c) attn::fence_regs(o[c]);
+  }
+  if (wg_tiles > 0) {
+    // The last computed tile's P V; its stage is held (not released) until this completes. A warpgroup with no
+    // tile has no rows to write and no stage to release.
+    const int last = wg_tiles - 1;
+    issue_pv<T, D, kKeys>(o, pa, attn::smem_u32(vs + (last % kWsStages) * kTileElems));
+    attn::wgmma_wait<0>();
+#pragma unroll
+    for (int c = 0; c < kChunksD; ++c) attn::fence_regs(o[c]);
+    attn::mbar_arrive(&empty_bar[last % kWsStages]);
+  }
+  // Tiles none of this warpgroup's rows sees (a causal suffix): the handshakes only, so that the phases of
+  // full/empty and the ping-pong generations stay in step with the producer and the other consumer.
+  for (int it = wg_tiles; it < n_tiles; ++it) {
+    attn::mbar_wait(&full_bar[it % kWsStages], static_cast<uint32_t>((it / kWsStages) & 1));
+    attn::named_bar_sync(bar_mine, 2 * kWg);
+    if (cw == 0 || it + 1 < n_tiles) attn::named_bar_arrive(bar_other, 2 * kWg);
+    attn::mbar_arrive(&empty_bar[it % kWsStages]);
+  }
+
+  const float l0 = attn::quad_sum(st.l0), l1 = attn::quad_sum(st.l1);
+  const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+  T* out0 = static_cast<T*>(a.out) + (row0 + warp * 16 + g) * a.out_stride.row + head * a.out_stride.head;
+  T* out1 = out0 + 8 * a.out_stride.row;
+#pragma unroll
+  for (int c = 0; c < kChunksD; ++c) {
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      const int col = c * 64 + n * 8 + tig * 2;
+      if (tr0 < n_ext) *reinterpret_cast<uint32_t*>(out0 + col) = attn::pack2<T>(o[c][n][0] * inv0, o[c][n][1] * inv0);
+      if (tr1 < n_ext) *reinterpret_cast<uint32_t*>(out1 + col) = attn::pack2<T>(o[c][n][2] * inv1, o[c][n][3] * inv1);
+    }
+  }
+#endif  // LITE_SRT_SM90A
+}
 #endif  // !USE_ROCM
 
 // One warp per (query token, head): lanes split the head dim, keys are walked one at a time.
@@ -751,13 +1022,14 @@ __global__ void extend_simt_kernel(AttentionArgs a) {
 
 // Which tensor-core kernel serves fp16/bf16. Measured on an H200 (docs/BENCHMARKS.md): with mma.sync, 32 rows
 // per warp (extend_mma2_kernel) wins at d=64 and 16 rows (extend_mma_kernel) at d=128, where the 32-row kernel
-// spills; on sm_90a the overlapped wgmma kernel serves d=128 (at d=64, where the softmax weighs more against the
-// halved matrix work, mma32 stayed ahead). The 128-key variant measured 10% faster at d=128 (run 6) but was
-// checked on the GPU only through the forced-kernel tests, so it is not the default yet.
+// spills; on sm_90a the warp-specialized wgmma kernel serves d=128, ahead of the 128-key overlapped kernel (the
+// default before it) by 5-9% (at d=64, where the softmax weighs more against the halved matrix work, mma32 stayed
+// ahead of every wgmma variant).
 // LITE_SRT_EXTEND_KERNEL = mma16 | mma32 | wgmma (overlapped, 64-key tiles) | wgmma128 (overlapped, 128-key tiles,
-// Q in shared memory) | wgmma1 (not overlapped) forces one (the wgmma ones only where available), for A/B
-// benchmarks and tests; it is read on every launch so a benchmark can switch it between calls.
-enum class ExtendKernel { kMma16, kMma32, kWgmma, kWgmma128, kWgmmaSimple };
+// Q in shared memory) | wgmma1 (not overlapped) | wgmma_ws (warp-specialized, ping-pong; d=128 only, mma32 at
+// d=64) forces one (the wgmma ones only where available), for A/B benchmarks and tests; it is read on every
+// launch so a benchmark can switch it between calls.
+enum class ExtendKernel { kMma16, kMma32, kWgmma, kWgmma128, kWgmmaSimple, kWgmmaWs };
 
 #if !defined(USE_ROCM)
 // True when Kernel was loaded from sm_90a machine code on a compute capability 9.x device (a build without the
@@ -794,6 +1066,14 @@ ExtendKernel choose_kernel() {
   if (forced == "wgmma") return wgmma ? ExtendKernel::kWgmma : portable;
   if (forced == "wgmma1") return wgmma ? ExtendKernel::kWgmmaSimple : portable;
   if (forced == "wgmma128") return wgmma ? ExtendKernel::kWgmma128 : portable;
+  bool ws = false;  // the warp-specialized kernel: d = 128 only
+#if !defined(USE_ROCM)
+  if constexpr (D > 64) ws = has_sm90a_code<extend_wgmma_ws_kernel<T, D>>();
+#endif
+  if (forced == "wgmma_ws") return ws ? ExtendKernel::kWgmmaWs : portable;
+  // Default on Hopper at d = 128: wgmma_ws, 5-9% above wgmma128 on every extend row of bench_kernels (H200,
+  // docs/BENCHMARKS.md session 7). At d = 64 the 64-key mma.sync kernel still beats every wgmma variant.
+  if (ws) return ExtendKernel::kWgmmaWs;
   return wgmma && D > 64 ? ExtendKernel::kWgmma128 : portable;
 }
 
@@ -803,6 +1083,17 @@ void launch_wgmma(const AttentionArgs& a, dim3 grid, int tiles, cudaStream_t str
   constexpr size_t smem = extend_wg_smem_bytes<T, D, kOverlap, kKeys>();
   set_smem_opt_in<extend_wgmma_kernel<T, D, kOverlap, kKeys>>(smem);
   extend_wgmma_kernel<T, D, kOverlap, kKeys><<<grid, kMmaThreads, smem, stream>>>(a, tiles);
+#endif
+}
+
+template <typename T, int D>
+void launch_wgmma_ws(const AttentionArgs& a, dim3 grid, int tiles, cudaStream_t stream) {
+#if !defined(USE_ROCM)
+  constexpr size_t smem = extend_ws_smem_bytes<T, D>();
+  // 227 KB opt-in limit, less the kernel's static shared memory (tile_info and the mbarriers).
+  static_assert(smem + 64 <= 227 * 1024, "wgmma_ws shared memory");
+  set_smem_opt_in<extend_wgmma_ws_kernel<T, D>>(smem);
+  extend_wgmma_ws_kernel<T, D><<<grid, kWsThreads, smem, stream>>>(a, tiles);
 #endif
 }
 
@@ -822,6 +1113,9 @@ void launch_typed(const AttentionArgs& a, cudaStream_t stream) {
         break;
       case ExtendKernel::kWgmmaSimple:
         launch_wgmma<T, D, false, 64>(a, grid, static_cast<int>(tiles), stream);
+        break;
+      case ExtendKernel::kWgmmaWs:  // chosen only for D > 64
+        if constexpr (D > 64) launch_wgmma_ws<T, D>(a, grid, static_cast<int>(tiles), stream);
         break;
       case ExtendKernel::kMma32: {
         constexpr size_t smem = extend_w2_smem_bytes<T, D>();
