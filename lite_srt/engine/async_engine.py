@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import random
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -48,6 +49,16 @@ from lite_srt.tokenizer.tokenizer import Tokenizer, load_tokenizer
 
 logger = logging.getLogger(__name__)
 _SEED_BITS = 62  # per-request seeds stay positive in int64 arithmetic on the device
+
+
+def _gil_switch_interval(device: str) -> float | None:
+    """Seconds between forced GIL hand-offs while the forward thread shares the process with the event loop, or
+    None to keep Python's (5 ms). The forward thread needs the GIL for a moment at each step's launch; with the
+    event loop busy streaming hundreds of outputs, each of those moments can wait a whole interval. 0.5 ms on
+    GPUs (shared-prefix run at 512 streams, H200: 10.67 s with Python's, 10.33 s with 0.5 ms; docs/BENCHMARKS.md);
+    LITE_SRT_SWITCH_INTERVAL_MS overrides it (0: Python's)."""
+    ms = float(os.environ.get("LITE_SRT_SWITCH_INTERVAL_MS", "0.5" if device.startswith("cuda") else "0"))
+    return ms / 1e3 if ms > 0 else None
 
 
 def resolve_model_path(args: ServerArgs) -> str:
@@ -183,6 +194,10 @@ class AsyncEngine:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
+        interval = _gil_switch_interval(str(self.runner.device))
+        if interval is not None:
+            sys.setswitchinterval(interval)
+            logger.info("GIL switch interval: %.2f ms", interval * 1e3)
 
         async def run_step(fb: ForwardBatch, rows: list[int], sb: SamplingBatch | None) -> StepResult:
             # The forward thread only launches; another thread waits for the tokens, so the forward thread is
