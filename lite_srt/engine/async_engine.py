@@ -54,10 +54,11 @@ _SEED_BITS = 62  # per-request seeds stay positive in int64 arithmetic on the de
 def _gil_switch_interval(device: str) -> float | None:
     """Seconds between forced GIL hand-offs while the forward thread shares the process with the event loop, or
     None to keep Python's (5 ms). The forward thread needs the GIL for a moment at each step's launch; with the
-    event loop busy streaming hundreds of outputs, each of those moments can wait a whole interval. 0.5 ms on
-    GPUs (shared-prefix run at 512 streams, H200: 10.67 s with Python's, 10.33 s with 0.5 ms; docs/BENCHMARKS.md);
-    LITE_SRT_SWITCH_INTERVAL_MS overrides it (0: Python's)."""
-    ms = float(os.environ.get("LITE_SRT_SWITCH_INTERVAL_MS", "0.5" if device.startswith("cuda") else "0"))
+    event loop busy streaming hundreds of outputs, each of those moments can wait a whole interval. Measured on
+    the shared-prefix run at 512 streams (H200, docs/BENCHMARKS.md session 7), 0.5 ms did not beat Python's 5 ms
+    beyond the run-to-run spread, so Python's stays; LITE_SRT_SWITCH_INTERVAL_MS sets one for A/B runs."""
+    del device  # the same on every device until a measurement says otherwise
+    ms = float(os.environ.get("LITE_SRT_SWITCH_INTERVAL_MS", "0"))
     return ms / 1e3 if ms > 0 else None
 
 
