@@ -16,6 +16,7 @@ import json
 import re
 
 import torch
+from bench_decode_splits import time_ms  # scripts/ is on sys.path when a script runs
 
 from lite_srt.engine.forward_batch import ForwardBatch, ForwardMode
 from lite_srt.layers import attention as attention_mod
@@ -25,19 +26,6 @@ from lite_srt.mem.kv_pool import KVPool
 DEV, DT = "cuda", torch.bfloat16
 HQ, HKV, D = 32, 8, 128
 DEFAULT_CASES = ["7992x0+200@4500", "7992x4096+200@4500", "8142x0+50@4000", "600x0+60@1200", "2000x0+100@800"]
-
-
-def time_ms(fn, iters: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / iters
 
 
 def build(chunk: int, prefix: int, decodes: int, ctx: int) -> tuple[ForwardBatch, int]:

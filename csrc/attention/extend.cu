@@ -54,6 +54,27 @@ constexpr int kBlockK = 64;   // keys per pipeline stage
 constexpr int kStages = 3;
 constexpr int kMmaThreads = 256;
 
+// The query tile a block owns: request b's extend rows [t0, t0 + kBlockQ), written from output row row0 on, and
+// the keys [0, kv_end) those rows see (the first `prefix` were cached before the extend). The block's query head
+// is blockIdx.x (heads of one KV group run side by side and share K/V through L2), kvh its KV head.
+struct QueryTile {
+  int64_t b, head, kvh, n_ext, prefix, t0, row0, kv_end;
+};
+
+__device__ __forceinline__ QueryTile query_tile(const AttentionArgs& a, const int64_t (&info)[2]) {
+  QueryTile q;
+  q.b = info[0];
+  q.head = blockIdx.x;
+  q.kvh = q.head / (a.q_heads / a.kv_heads);
+  q.n_ext = a.extend_lens[q.b];
+  const int64_t seq_len = a.seq_lens[q.b];
+  q.prefix = seq_len - q.n_ext;
+  q.t0 = info[1] * kBlockQ;  // first query token of the tile (index within the extend)
+  q.row0 = a.extend_start_loc[q.b] + q.t0;
+  q.kv_end = min(seq_len, q.prefix + q.t0 + kBlockQ);
+  return q;
+}
+
 template <typename T, int D>
 constexpr size_t extend_smem_bytes() {
   return 2 * kStages * attn::KVTile<T, D, kBlockK>::kElems * sizeof(T) + kStages * kBlockK * sizeof(int);
@@ -76,16 +97,8 @@ __global__ void __launch_bounds__(kMmaThreads, 1) extend_mma_kernel(AttentionArg
     tile_info[1] = tile_in_req;
   }
   __syncthreads();
-  const int64_t b = tile_info[0];
-  if (b < 0) return;
-  const int64_t head = blockIdx.x;  // heads of one KV group run side by side and share K/V through L2
-  const int64_t kvh = head / (a.q_heads / a.kv_heads);
-  const int64_t n_ext = a.extend_lens[b];
-  const int64_t seq_len = a.seq_lens[b];
-  const int64_t prefix = seq_len - n_ext;
-  const int64_t t0 = tile_info[1] * kBlockQ;  // first query token of the tile (index within the extend)
-  const int64_t row0 = a.extend_start_loc[b] + t0;
-  const int64_t kv_end = min(seq_len, prefix + t0 + kBlockQ);
+  if (tile_info[0] < 0) return;
+  const auto [b, head, kvh, n_ext, prefix, t0, row0, kv_end] = query_tile(a, tile_info);
   const int n_tiles = static_cast<int>(ceil_div(kv_end, kBlockK));
   const int64_t table_row = a.req_pool_indices[b] * a.req_to_token_stride;
 
@@ -215,16 +228,8 @@ __global__ void __launch_bounds__(kW2Threads, 2) extend_mma2_kernel(AttentionArg
     tile_info[1] = tile_in_req;
   }
   __syncthreads();
-  const int64_t b = tile_info[0];
-  if (b < 0) return;
-  const int64_t head = blockIdx.x;
-  const int64_t kvh = head / (a.q_heads / a.kv_heads);
-  const int64_t n_ext = a.extend_lens[b];
-  const int64_t seq_len = a.seq_lens[b];
-  const int64_t prefix = seq_len - n_ext;
-  const int64_t t0 = tile_info[1] * kBlockQ;
-  const int64_t row0 = a.extend_start_loc[b] + t0;
-  const int64_t kv_end = min(seq_len, prefix + t0 + kBlockQ);
+  if (tile_info[0] < 0) return;
+  const auto [b, head, kvh, n_ext, prefix, t0, row0, kv_end] = query_tile(a, tile_info);
   const int n_tiles = static_cast<int>(ceil_div(kv_end, kBlockK));
   const int64_t table_row = a.req_pool_indices[b] * a.req_to_token_stride;
 
@@ -491,6 +496,58 @@ __device__ __forceinline__ void issue_pv(float (&o)[D / 64][8][4], const uint32_
 }
 #endif  // LITE_SRT_SM90A
 
+// The pieces of a wgmma kernel's tile loop and epilogue that do not touch the tensor cores, shared by
+// extend_wgmma_kernel and extend_wgmma_ws_kernel (one warp's two rows tr0 = tr1 - 8 of S and O).
+
+// Causal and end-of-keys mask of the tile of kKeys keys starting at key kt; a tile every row sees wholly is left.
+template <int kKeys>
+__device__ __forceinline__ void mask_tile(float (&s)[kKeys / 8][4], int64_t kt, int64_t first_limit, int64_t kv_end,
+                                          int64_t prefix, int64_t tr0, int64_t tr1, int tig) {
+  if (kt + kKeys - 1 <= first_limit && kt + kKeys <= kv_end) return;
+#pragma unroll
+  for (int n = 0; n < kKeys / 8; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t j = kt + n * 8 + tig * 2 + (e & 1);
+      const int64_t limit = prefix + (e < 2 ? tr0 : tr1);
+      if (j > limit || j >= kv_end) s[n][e] = -INFINITY;
+    }
+  }
+}
+
+// P, in S's accumulator layout, as the 16-bit A fragments of the P V product.
+template <typename T, int kKeys>
+__device__ __forceinline__ void pack_p(uint32_t (&pa)[kKeys / 16][4], const float (&s)[kKeys / 8][4]) {
+#pragma unroll
+  for (int kk = 0; kk < kKeys / 16; ++kk) {
+    pa[kk][0] = attn::pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+    pa[kk][1] = attn::pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+    pa[kk][2] = attn::pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+    pa[kk][3] = attn::pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+  }
+}
+
+// Normalizes the warp's rows of O by their softmax sums and writes them from output row `row` on (a row past the
+// extend, ok = false, is not written).
+template <typename T, int D>
+__device__ __forceinline__ void store_rows(const AttentionArgs& a, const float (&o)[D / 64][8][4],
+                                           const attn::RowState& st, int64_t row, int64_t head, bool ok0, bool ok1,
+                                           int tig) {
+  const float l0 = attn::quad_sum(st.l0), l1 = attn::quad_sum(st.l1);
+  const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+  T* out0 = static_cast<T*>(a.out) + row * a.out_stride.row + head * a.out_stride.head;
+  T* out1 = out0 + 8 * a.out_stride.row;
+#pragma unroll
+  for (int c = 0; c < D / 64; ++c) {
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+      const int col = c * 64 + n * 8 + tig * 2;
+      if (ok0) *reinterpret_cast<uint32_t*>(out0 + col) = attn::pack2<T>(o[c][n][0] * inv0, o[c][n][1] * inv0);
+      if (ok1) *reinterpret_cast<uint32_t*>(out1 + col) = attn::pack2<T>(o[c][n][2] * inv1, o[c][n][3] * inv1);
+    }
+  }
+}
+
 template <typename T, int D, bool kOverlap, int kKeys>
 __global__ void __launch_bounds__(kMmaThreads, 1) extend_wgmma_kernel(AttentionArgs a, int tiles_bound) {
 #if defined(LITE_SRT_SM90A)
@@ -513,16 +570,8 @@ __global__ void __launch_bounds__(kMmaThreads, 1) extend_wgmma_kernel(AttentionA
     tile_info[1] = tile_in_req;
   }
   __syncthreads();
-  const int64_t b = tile_info[0];
-  if (b < 0) return;
-  const int64_t head = blockIdx.x;
-  const int64_t kvh = head / (a.q_heads / a.kv_heads);
-  const int64_t n_ext = a.extend_lens[b];
-  const int64_t seq_len = a.seq_lens[b];
-  const int64_t prefix = seq_len - n_ext;
-  const int64_t t0 = tile_info[1] * kBlockQ;
-  const int64_t row0 = a.extend_start_loc[b] + t0;
-  const int64_t kv_end = min(seq_len, prefix + t0 + kBlockQ);
+  if (tile_info[0] < 0) return;
+  const auto [b, head, kvh, n_ext, prefix, t0, row0, kv_end] = query_tile(a, tile_info);
   const int n_tiles = static_cast<int>(ceil_div(kv_end, kKeys));
   const int64_t table_row = a.req_pool_indices[b] * a.req_to_token_stride;
 
@@ -628,18 +677,7 @@ __global__ void __launch_bounds__(kMmaThreads, 1) extend_wgmma_kernel(AttentionA
     }
     attn::fence_regs(s);
 
-    const int64_t kt = static_cast<int64_t>(it) * kKeys;
-    if (kt + kKeys - 1 > first_limit || kt + kKeys > kv_end) {  // the diagonal or the end: mask
-#pragma unroll
-      for (int n = 0; n < kKeys / 8; ++n) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int64_t j = kt + n * 8 + tig * 2 + (e & 1);
-          const int64_t limit = prefix + (e < 2 ? tr0 : tr1);
-          if (j > limit || j >= kv_end) s[n][e] = -INFINITY;
-        }
-      }
-    }
+    mask_tile<kKeys>(s, static_cast<int64_t>(it) * kKeys, first_limit, kv_end, prefix, tr0, tr1, tig);
     float alpha0, alpha1;
     attn::softmax_probs<kKeys / 8>(s, st, qk_scale, alpha0, alpha1);
     if constexpr (kOverlap) {
@@ -651,13 +689,7 @@ __global__ void __launch_bounds__(kMmaThreads, 1) extend_wgmma_kernel(AttentionA
       attn::fence_regs(o[c]);
       attn::rescale_rows<8>(o[c], alpha0, alpha1);
     }
-#pragma unroll
-    for (int kk = 0; kk < kKeys / 16; ++kk) {
-      pa[kk][0] = attn::pack2<T>(s[2 * kk][0], s[2 * kk][1]);
-      pa[kk][1] = attn::pack2<T>(s[2 * kk][2], s[2 * kk][3]);
-      pa[kk][2] = attn::pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      pa[kk][3] = attn::pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-    }
+    pack_p<T, kKeys>(pa, s);
     if constexpr (!kOverlap) {
       issue_pv<T, D, kKeys>(o, pa, v_addr);
       attn::wgmma_wait<0>();
@@ -676,19 +708,7 @@ __global__ void __launch_bounds__(kMmaThreads, 1) extend_wgmma_kernel(AttentionA
     for (int c = 0; c < kChunksD; ++c) attn::fence_regs(o[c]);
   }
 
-  const float l0 = attn::quad_sum(st.l0), l1 = attn::quad_sum(st.l1);
-  const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
-  T* out0 = static_cast<T*>(a.out) + (row0 + warp * 16 + g) * a.out_stride.row + head * a.out_stride.head;
-  T* out1 = out0 + 8 * a.out_stride.row;
-#pragma unroll
-  for (int c = 0; c < kChunksD; ++c) {
-#pragma unroll
-    for (int n = 0; n < 8; ++n) {
-      const int col = c * 64 + n * 8 + tig * 2;
-      if (tr0 < n_ext) *reinterpret_cast<uint32_t*>(out0 + col) = attn::pack2<T>(o[c][n][0] * inv0, o[c][n][1] * inv0);
-      if (tr1 < n_ext) *reinterpret_cast<uint32_t*>(out1 + col) = attn::pack2<T>(o[c][n][2] * inv1, o[c][n][3] * inv1);
-    }
-  }
+  store_rows<T, D>(a, o, st, row0 + warp * 16 + g, head, tr0 < n_ext, tr1 < n_ext, tig);
 #endif  // LITE_SRT_SM90A
 }
 
@@ -773,16 +793,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) extend_wgmma_ws_kernel(Attentio
     attn::mbar_init_fence();
   }
   __syncthreads();
-  const int64_t b = tile_info[0];
-  if (b < 0) return;  // all 384 threads alike, before any other barrier
-  const int64_t head = blockIdx.x;
-  const int64_t kvh = head / (a.q_heads / a.kv_heads);
-  const int64_t n_ext = a.extend_lens[b];
-  const int64_t seq_len = a.seq_lens[b];
-  const int64_t prefix = seq_len - n_ext;
-  const int64_t t0 = tile_info[1] * kBlockQ;
-  const int64_t row0 = a.extend_start_loc[b] + t0;
-  const int64_t kv_end = min(seq_len, prefix + t0 + kBlockQ);
+  if (tile_info[0] < 0) return;  // all 384 threads alike, before any other barrier
+  const auto [b, head, kvh, n_ext, prefix, t0, row0, kv_end] = query_tile(a, tile_info);
   const int n_tiles = static_cast<int>(ceil_div(kv_end, kKeys));  // >= 1: the tile's first row sees key 0..
 
   if (threadIdx.x < kWg) {
@@ -894,18 +906,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) extend_wgmma_ws_kernel(Attentio
     attn::wgmma_wait<1>();  // S is done; the P V product of the previous tile may still run
     attn::fence_regs(s);
 
-    const int64_t kt = static_cast<int64_t>(it) * kKeys;
-    if (kt + kKeys - 1 > first_limit || kt + kKeys > kv_end) {  // the diagonal or the end: mask
-#pragma unroll
-      for (int n = 0; n < kKeys / 8; ++n) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int64_t j = kt + n * 8 + tig * 2 + (e & 1);
-          const int64_t limit = prefix + (e < 2 ? tr0 : tr1);
-          if (j > limit || j >= kv_end) s[n][e] = -INFINITY;
-        }
-      }
-    }
+    mask_tile<kKeys>(s, static_cast<int64_t>(it) * kKeys, first_limit, kv_end, prefix, tr0, tr1, tig);
     float alpha0, alpha1;
     attn::softmax_probs<kKeys / 8>(s, st, qk_scale, alpha0, alpha1);
     attn::wgmma_wait<0>();
@@ -917,13 +918,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) extend_wgmma_ws_kernel(Attentio
       attn::fence_regs(o[c]);
       attn::rescale_rows<8>(o[c], alpha0, alpha1);
     }
-#pragma unroll
-    for (int kk = 0; kk < kKeys / 16; ++kk) {
-      pa[kk][0] = attn::pack2<T>(s[2 * kk][0], s[2 * kk][1]);
-      pa[kk][1] = attn::pack2<T>(s[2 * kk][2], s[2 * kk][3]);
-      pa[kk][2] = attn::pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      pa[kk][3] = attn::pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-    }
+    pack_p<T, kKeys>(pa, s);
 #pragma unroll
     for (int c = 0; c < kChunksD; ++c) attn::fence_regs(o[c]);
   }
@@ -946,19 +941,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) extend_wgmma_ws_kernel(Attentio
     attn::mbar_arrive(&empty_bar[it % kWsStages]);
   }
 
-  const float l0 = attn::quad_sum(st.l0), l1 = attn::quad_sum(st.l1);
-  const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
-  T* out0 = static_cast<T*>(a.out) + (row0 + warp * 16 + g) * a.out_stride.row + head * a.out_stride.head;
-  T* out1 = out0 + 8 * a.out_stride.row;
-#pragma unroll
-  for (int c = 0; c < kChunksD; ++c) {
-#pragma unroll
-    for (int n = 0; n < 8; ++n) {
-      const int col = c * 64 + n * 8 + tig * 2;
-      if (tr0 < n_ext) *reinterpret_cast<uint32_t*>(out0 + col) = attn::pack2<T>(o[c][n][0] * inv0, o[c][n][1] * inv0);
-      if (tr1 < n_ext) *reinterpret_cast<uint32_t*>(out1 + col) = attn::pack2<T>(o[c][n][2] * inv1, o[c][n][3] * inv1);
-    }
-  }
+  store_rows<T, D>(a, o, st, row0 + warp * 16 + g, head, tr0 < n_ext, tr1 < n_ext, tig);
 #endif  // LITE_SRT_SM90A
 }
 #endif  // !USE_ROCM

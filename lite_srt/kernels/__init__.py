@@ -171,33 +171,12 @@ def extend_attention(
     scale: float,
     out=None,
 ) -> torch.Tensor:
+    args = (q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, extend_lens, extend_start_loc)
     op = _native_attention("extend_attention", q)
     if op is None:
-        result = ref.extend_attention(
-            q,
-            k_cache,
-            v_cache,
-            req_to_token,
-            req_pool_indices,
-            seq_lens,
-            extend_lens,
-            extend_start_loc,
-            scale,
-        )
-        return _into(out, result)
+        return _into(out, ref.extend_attention(*args, scale))
     out = torch.empty_like(q) if out is None else out
-    op(
-        out,
-        q,
-        k_cache,
-        v_cache,
-        req_to_token,
-        req_pool_indices,
-        seq_lens,
-        extend_lens,
-        extend_start_loc,
-        scale,
-    )
+    op(out, *args, scale)
     return out
 
 
