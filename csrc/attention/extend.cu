@@ -75,6 +75,23 @@ __device__ __forceinline__ QueryTile query_tile(const AttentionArgs& a, const in
   return q;
 }
 
+// Causal and end-of-keys mask of one warp's rows tr0 and tr1 = tr0 + 8 of S for the tile of kKeys keys starting at
+// key kt (a tile that every row sees wholly is left as it is).
+template <int kKeys>
+__device__ __forceinline__ void mask_tile(float (&s)[kKeys / 8][4], int64_t kt, int64_t first_limit, int64_t kv_end,
+                                          int64_t prefix, int64_t tr0, int64_t tr1, int tig) {
+  if (kt + kKeys - 1 <= first_limit && kt + kKeys <= kv_end) return;
+#pragma unroll
+  for (int n = 0; n < kKeys / 8; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t j = kt + n * 8 + tig * 2 + (e & 1);
+      const int64_t limit = prefix + (e < 2 ? tr0 : tr1);
+      if (j > limit || j >= kv_end) s[n][e] = -INFINITY;
+    }
+  }
+}
+
 template <typename T, int D>
 constexpr size_t extend_smem_bytes() {
   return 2 * kStages * attn::KVTile<T, D, kBlockK>::kElems * sizeof(T) + kStages * kBlockK * sizeof(int);
@@ -169,17 +186,7 @@ __global__ void __launch_bounds__(kMmaThreads, 1) extend_mma_kernel(AttentionArg
 #pragma unroll
     for (int n = 0; n < kBlockK / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
     attn::qk_tile<T, D, kBlockK / 8>(s, qa, ks + stage * Tile::kElems, lane);
-    if (kt + kBlockK - 1 > first_limit || kt + kBlockK > kv_end) {  // the diagonal or the end: mask
-#pragma unroll
-      for (int n = 0; n < kBlockK / 8; ++n) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int64_t j = kt + n * 8 + tig * 2 + (e & 1);
-          const int64_t limit = prefix + (e < 2 ? tr0 : tr1);
-          if (j > limit || j >= kv_end) s[n][e] = -INFINITY;
-        }
-      }
-    }
+    mask_tile<kBlockK>(s, kt, first_limit, kv_end, prefix, tr0, tr1, tig);  // the diagonal or the end
     attn::softmax_step<kBlockK / 8, D / 8>(s, o, st, qk_scale);
     attn::pv_tile<T, D, kBlockK / 8>(o, s, vs + stage * Tile::kElems, lane);
   }
@@ -497,23 +504,7 @@ __device__ __forceinline__ void issue_pv(float (&o)[D / 64][8][4], const uint32_
 #endif  // LITE_SRT_SM90A
 
 // The pieces of a wgmma kernel's tile loop and epilogue that do not touch the tensor cores, shared by
-// extend_wgmma_kernel and extend_wgmma_ws_kernel (one warp's two rows tr0 = tr1 - 8 of S and O).
-
-// Causal and end-of-keys mask of the tile of kKeys keys starting at key kt; a tile every row sees wholly is left.
-template <int kKeys>
-__device__ __forceinline__ void mask_tile(float (&s)[kKeys / 8][4], int64_t kt, int64_t first_limit, int64_t kv_end,
-                                          int64_t prefix, int64_t tr0, int64_t tr1, int tig) {
-  if (kt + kKeys - 1 <= first_limit && kt + kKeys <= kv_end) return;
-#pragma unroll
-  for (int n = 0; n < kKeys / 8; ++n) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int64_t j = kt + n * 8 + tig * 2 + (e & 1);
-      const int64_t limit = prefix + (e < 2 ? tr0 : tr1);
-      if (j > limit || j >= kv_end) s[n][e] = -INFINITY;
-    }
-  }
-}
+// extend_wgmma_kernel and extend_wgmma_ws_kernel (one warp's two rows tr0 = tr1 - 8 of S and O), besides mask_tile.
 
 // P, in S's accumulator layout, as the 16-bit A fragments of the P V product.
 template <typename T, int kKeys>
