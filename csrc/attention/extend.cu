@@ -506,6 +506,15 @@ __device__ __forceinline__ void issue_pv(float (&o)[D / 64][8][4], const uint32_
 // The pieces of a wgmma kernel's tile loop and epilogue that do not touch the tensor cores, shared by
 // extend_wgmma_kernel and extend_wgmma_ws_kernel (one warp's two rows tr0 = tr1 - 8 of S and O), besides mask_tile.
 
+// O = 0 for the online softmax (D / 64 column blocks of the warp's 16 x 64 accumulators).
+template <int kChunksD>
+__device__ __forceinline__ void zero_rows(float (&o)[kChunksD][8][4]) {
+#pragma unroll
+  for (int c = 0; c < kChunksD; ++c)
+#pragma unroll
+    for (int n = 0; n < 8; ++n) o[c][n][0] = o[c][n][1] = o[c][n][2] = o[c][n][3] = 0.0f;
+}
+
 // P, in S's accumulator layout, as the 16-bit A fragments of the P V product.
 template <typename T, int kKeys>
 __device__ __forceinline__ void pack_p(uint32_t (&pa)[kKeys / 16][4], const float (&s)[kKeys / 8][4]) {
@@ -598,10 +607,7 @@ __global__ void __launch_bounds__(kMmaThreads, 1) extend_wgmma_kernel(AttentionA
                              tr0 < n_ext, tr1 < n_ext, tig);
   }
   float o[kChunksD][8][4];
-#pragma unroll
-  for (int c = 0; c < kChunksD; ++c)
-#pragma unroll
-    for (int n = 0; n < 8; ++n) o[c][n][0] = o[c][n][1] = o[c][n][2] = o[c][n][3] = 0.0f;
+  zero_rows(o);
   attn::RowState st;
   const float qk_scale = a.scale * attn::kLog2e;
   const T* k_base = static_cast<const T*>(a.k_cache) + kvh * a.k_stride.head;
@@ -874,10 +880,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) extend_wgmma_ws_kernel(Attentio
   if (cw == 1) attn::named_bar_arrive(2, 2 * kWg);  // consumer 0 goes first
 
   float o[kChunksD][8][4];
-#pragma unroll
-  for (int c = 0; c < kChunksD; ++c)
-#pragma unroll
-    for (int n = 0; n < 8; ++n) o[c][n][0] = o[c][n][1] = o[c][n][2] = o[c][n][3] = 0.0f;
+  zero_rows(o);
   attn::RowState st;
   const float qk_scale = a.scale * attn::kLog2e;
 
