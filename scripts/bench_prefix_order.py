@@ -11,12 +11,13 @@ request attends over, summed over requests, per second: above the device bandwid
 "cascade" is the grouped batch with its cascade groups (lite_srt/engine/prefix_groups.py): each group's prefix
 is read once for all its requests by the shared kernel, then each request's own keys.
 
-  python scripts/bench_prefix_order.py [--groups 16 --per-group 16 --prefix-len 2048 --suffix-len 256]
+  python scripts/bench_prefix_order.py [--groups 16 --per-group 16 --prefix-len 2048 --suffix-len 256] [--shared-splits 1 2 4]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import torch
@@ -64,6 +65,13 @@ def main() -> None:
     p.add_argument(
         "--profile", action="store_true", help="print the kernels of each variant (torch.profiler)"
     )
+    p.add_argument(
+        "--shared-splits",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also run the cascade with these fixed shared-key splits (captured graphs fix it; 0: the kernel picks)",
+    )
     a = p.parse_args()
     b = a.groups * a.per_group
     ctx = a.prefix_len + a.suffix_len
@@ -94,6 +102,9 @@ def main() -> None:
         torch.device(DEV)
     )
     runs = [(name, table, None) for name, table in tables.items()] + [("cascade", shared, cascade)]
+    runs += [
+        (f"cascade s{n}", shared, dataclasses.replace(cascade, shared_splits=n)) for n in a.shared_splits
+    ]
     results = []
     for name, table, groups in runs:
         t = table.to(DEV)
@@ -113,9 +124,9 @@ def main() -> None:
         f"\n{torch.cuda.get_device_name()}: {b} requests ({a.groups} groups x {a.per_group}), prefix {a.prefix_len}"
         f" + private {a.suffix_len} tokens, one layer"
     )
-    print(f"{'order':>10}{'ms':>9}{'effective GB/s':>16}")
+    print(f"{'order':>12}{'ms':>9}{'effective GB/s':>16}")
     for r in results:
-        print(f"{r['order']:>10}{r['ms']:>9.3f}{r['effective_GBps']:>16.0f}")
+        print(f"{r['order']:>12}{r['ms']:>9.3f}{r['effective_GBps']:>16.0f}")
 
 
 if __name__ == "__main__":
