@@ -291,9 +291,8 @@ def test_gil_switch_interval_follows_the_env(monkeypatch) -> None:
     from lite_srt.engine.async_engine import _gil_switch_interval
 
     monkeypatch.delenv("LITE_SRT_SWITCH_INTERVAL_MS", raising=False)
-    assert _gil_switch_interval("cpu") is None  # Python's own interval
-    assert _gil_switch_interval("cuda:0") is None
+    assert _gil_switch_interval() is None  # Python's own interval
     monkeypatch.setenv("LITE_SRT_SWITCH_INTERVAL_MS", "2")
-    assert _gil_switch_interval("cpu") == pytest.approx(0.002)
+    assert _gil_switch_interval() == pytest.approx(0.002)
     monkeypatch.setenv("LITE_SRT_SWITCH_INTERVAL_MS", "0")
-    assert _gil_switch_interval("cuda") is None
+    assert _gil_switch_interval() is None

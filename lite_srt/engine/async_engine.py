@@ -51,13 +51,12 @@ logger = logging.getLogger(__name__)
 _SEED_BITS = 62  # per-request seeds stay positive in int64 arithmetic on the device
 
 
-def _gil_switch_interval(device: str) -> float | None:
+def _gil_switch_interval() -> float | None:
     """Seconds between forced GIL hand-offs while the forward thread shares the process with the event loop, or
     None to keep Python's (5 ms). The forward thread needs the GIL for a moment at each step's launch; with the
     event loop busy streaming hundreds of outputs, each of those moments can wait a whole interval. Measured on
     the shared-prefix run at 512 streams (H200, docs/BENCHMARKS.md session 7), 0.5 ms did not beat Python's 5 ms
     beyond the run-to-run spread, so Python's stays; LITE_SRT_SWITCH_INTERVAL_MS sets one for A/B runs."""
-    del device  # the same on every device until a measurement says otherwise
     ms = float(os.environ.get("LITE_SRT_SWITCH_INTERVAL_MS", "0"))
     return ms / 1e3 if ms > 0 else None
 
@@ -195,7 +194,7 @@ class AsyncEngine:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
-        interval = _gil_switch_interval(str(self.runner.device))
+        interval = _gil_switch_interval()
         if interval is not None:
             sys.setswitchinterval(interval)
             logger.info("GIL switch interval: %.2f ms", interval * 1e3)

@@ -103,9 +103,8 @@ class Scheduler:
         self.cascade = runner.cascade_attention
         self._cascade_memo: tuple[int, list[Req], CascadeBatch | None] | None = None
         self.step_log = StepLog(args.decode_log_interval)
-        self.shares_prefixes = (
-            not args.disable_radix_cache
-        )  # the naive cache matches no prefix: nothing to wait for
+        # The naive cache matches no prefix, so without the radix cache no request waits to share one.
+        self.shares_prefixes = not args.disable_radix_cache
 
     # -- entry points (event loop) -------------------------------------------------------------------
     def add_group(self, group: RequestGroup, prefix_job: Req | None) -> None:
@@ -306,7 +305,10 @@ class Scheduler:
         reqs = [r for r in self.running if len(r.output_ids) + r.pending < r.max_output]
         if not reqs:
             return None
-        self.step_log.decode(self.counters.generation_tokens, len(reqs), self._kv_usage(), len(self.waiting))
+        if self.step_log.decode_due():
+            self.step_log.decode(
+                self.counters.generation_tokens, len(reqs), self._kv_usage(), len(self.waiting)
+            )
         return self._build(ForwardMode.DECODE, [], [], reqs, self.kv.extend_decode(reqs))
 
     def _finishes_with_pending(self, req: Req) -> bool:

@@ -37,14 +37,16 @@ class StepLog:
                 new_seqs, new_tokens, cached, decodes, usage, running, queued,
             )  # fmt: skip
 
-    def decode(self, generated: int, running: int, usage: float, queued: int) -> None:
-        """Counts a decode step; every decode_interval-th logs the output tokens/s since the last line
-        (`generated` is the running total of output tokens, prefill-sampled ones included)."""
+    def decode_due(self) -> bool:
+        """Counts a decode step; True on every decode_interval-th (the caller then gathers numbers for decode)."""
         if not self.decode_interval:
-            return
+            return False
         self._decode_steps += 1
-        if self._decode_steps % self.decode_interval:
-            return
+        return self._decode_steps % self.decode_interval == 0
+
+    def decode(self, generated: int, running: int, usage: float, queued: int) -> None:
+        """Logs the output tokens/s since the last decode line (`generated` is the running total of output
+        tokens, prefill-sampled ones included)."""
         now = time.perf_counter()
         rate = (generated - self._tokens_at) / max(now - self._since, 1e-9)
         self._since, self._tokens_at = now, generated
