@@ -889,8 +889,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) extend_wgmma_ws_kernel(Attentio
   uint32_t pa[kKeys / 16][4] = {};
   for (int it = 0; it < wg_tiles; ++it) {
     const int stage = it % kWsStages;
-    attn::mbar_wait(&full_bar[stage], static_cast<uint32_t>((it / kWsStages) & 1));  // tile `it` has landed
-    attn::fence_proxy_async();  // (the producer fenced already; cheap)
+    // Tile `it` has landed. The producer fenced its copies for the async proxy before its release arrive, the
+    // same writer-side rule as extend_wgmma_kernel's fence before __syncthreads, so no fence is needed here.
+    attn::mbar_wait(&full_bar[stage], static_cast<uint32_t>((it / kWsStages) & 1));
     const int prev = it > 0 ? it - 1 : 0;
     float s[kKeys / 8][4];
     attn::named_bar_sync(bar_mine, 2 * kWg);
