@@ -393,7 +393,7 @@ void decode_attention_cascade_cuda(at::Tensor out, at::Tensor q, at::Tensor k_ca
                                    at::Tensor req_to_token, at::Tensor req_pool_indices, at::Tensor seq_lens,
                                    double scale, at::Tensor shared_lens, at::Tensor group_start,
                                    at::Tensor group_size, int64_t max_shared, int64_t max_group,
-                                   int64_t shared_splits) {
+                                   int64_t shared_splits, std::optional<at::Tensor> split_count) {
   const char* op = "decode_attention_cascade";
   const c10::cuda::CUDAGuard guard = guard_for(q, op, "q");
   const AttentionArgs a =
@@ -414,6 +414,12 @@ void decode_attention_cascade_cuda(at::Tensor out, at::Tensor q, at::Tensor k_ca
   c.max_shared = max_shared;
   c.max_group = max_group;
   c.shared_splits = shared_splits;
+  c.split_count = {nullptr, true};
+  if (split_count.has_value()) {
+    check_device(*split_count, Backend::kCUDA, q, op, "split_count");
+    TORCH_CHECK_VALUE(shared_splits > 0, op, ": split_count needs shared_splits > 0 (the blocks launched per group)");
+    c.split_count = index_array(*split_count, op, "split_count", 1);
+  }
   const int64_t bytes = decode_attention_workspace_bytes(a, &c);
   at::Tensor workspace = at::empty({std::max<int64_t>(bytes, 1)}, q.options().dtype(at::kByte));
   launch_decode_attention(a, &c, workspace.data_ptr(), stream_for(q));
@@ -572,7 +578,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "decode attention where groups of rows share a prefix's KV (attended once per group)", py::arg("out"),
         py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("req_to_token"), py::arg("req_pool_indices"),
         py::arg("seq_lens"), py::arg("scale"), py::arg("shared_lens"), py::arg("group_start"),
-        py::arg("group_size"), py::arg("max_shared"), py::arg("max_group"), py::arg("shared_splits") = 0);
+        py::arg("group_size"), py::arg("max_shared"), py::arg("max_group"), py::arg("shared_splits") = 0,
+        py::arg("split_count") = py::none());
+  m.def("decode_cascade_splits_cuda", &decode_cascade_splits,
+        "splits of a cascade's shared keys for a step's groups on the current device", py::arg("q_heads"),
+        py::arg("kv_heads"), py::arg("num_groups"), py::arg("max_group"), py::arg("max_shared"));
   m.def("extend_attention_cuda", &extend_attention_cuda, py::arg("out"), py::arg("q"), py::arg("k_cache"),
         py::arg("v_cache"), py::arg("req_to_token"), py::arg("req_pool_indices"), py::arg("seq_lens"),
         py::arg("extend_lens"), py::arg("extend_start_loc"), py::arg("scale"));

@@ -112,7 +112,7 @@ def make_cascade_table(groups: list[tuple[int, int]], own: list[int], s: int) ->
         ([(16, 2048)], [1, 5, 64, 65, 130, 1, 2, 3, 200, 17, 9, 1, 1, 1, 1, 70]),
         ([(3, 256), (1, 512), (5, 64 * 7)], [1, 100, 3, 40, 64, 65, 1, 2, 300]),
         ([(2, 64)] * 3 + [(16, 4096), (7, 1024)], [1] * 6 + list(range(1, 24))),
-        # Enough rows for one key split: the decode kernel folds the shared partials in (no merge launch).
+        # Enough rows for one key split per row: the merge then combines one own part with the shared ones.
         ([(16, 512)] * 5 + [(1, 300)] + [(8, 1024)] * 2, [1 + (i * 37) % 200 for i in range(97)]),
     ],
     ids=["one-group-2k", "mixed-with-loner", "many-groups", "one-split"],
@@ -138,6 +138,35 @@ def test_decode_attention_cascade_matches_reference(dtype, hq, hkv, d, groups, o
     assert_close_rel(out, plain)
 
 
+@pytest.mark.parametrize("own_splits", ["1", "3"])
+@pytest.mark.parametrize("count", [1, 2, 3, 5])
+def test_decode_attention_cascade_reads_the_step_split_count(monkeypatch, own_splits, count) -> None:
+    """What captured graphs do: 5 shared-key splits launched, the step's count read from a device tensor (blocks
+    past it write empty partials that the merge gives weight 0), with one and with three key splits of each
+    row's own keys. The workspace is allocated over NaN-poisoned memory, so reading an empty partial's unwritten
+    o would show."""
+    monkeypatch.setenv("LITE_SRT_DECODE_SPLITS", own_splits)
+    hq, hkv, d, dtype = 32, 8, 128, torch.bfloat16
+    groups, own = [(16, 1024), (1, 300), (5, 512)], [1 + (i * 29) % 150 for i in range(22)]
+    s = sum(length for _, length in groups) + sum(own) + 9
+    table, rows, lens, shared, starts, sizes = make_cascade_table(groups, own, s)
+    k_cache = torch.randn(s, hkv, d, device=DEV, dtype=dtype)
+    v_cache = torch.randn(s, hkv, d, device=DEV, dtype=dtype)
+    q = torch.randn(len(own), hq, d, device=DEV, dtype=dtype)
+    scale = 1 / math.sqrt(d)
+    parts = int(own_splits) + 5
+    poison = torch.full((len(own) * hq * parts * (d + 1),), float("nan"), device=DEV)
+    del poison  # the caching allocator hands this block to the op's workspace of the same size
+    out = torch.full_like(q, float("nan"))
+    split_count = torch.tensor([count], device=DEV)
+    _C.decode_attention_cascade_cuda(
+        out, q, k_cache, v_cache, table, rows, lens, scale, shared, starts, sizes, int(shared.max()),
+        int(sizes.max()), 5, split_count,
+    )  # fmt: skip
+    expected = ref.decode_attention(q.float(), k_cache.float(), v_cache.float(), table, rows, lens, scale)
+    assert_close_rel(out, expected)
+
+
 def test_decode_attention_cascade_rejects_bad_group_arguments() -> None:
     q = torch.randn(2, 8, 64, device=DEV, dtype=torch.bfloat16)
     kc = torch.randn(64, 8, 64, device=DEV, dtype=torch.bfloat16)
@@ -149,6 +178,8 @@ def test_decode_attention_cascade_rejects_bad_group_arguments() -> None:
         _C.decode_attention_cascade_cuda(*args, *groups, 0, 3)
     with pytest.raises(ValueError, match="is on cpu"):
         _C.decode_attention_cascade_cuda(*args, groups[0].cpu(), *groups[1:], 0, 2)
+    with pytest.raises(ValueError, match="split_count needs shared_splits"):  # no blocks launched to count
+        _C.decode_attention_cascade_cuda(*args, *groups, 0, 2, 0, torch.ones(1, **i64))
 
 
 @pytest.mark.parametrize("dtype", [*HALF_TYPES, torch.float32])

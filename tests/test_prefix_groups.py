@@ -123,3 +123,22 @@ def test_to_device_keeps_rows_and_sizes() -> None:
     assert c.group_start.tolist() == [1, 3] and c.group_size.tolist() == [2, 3]
     assert (c.max_shared, c.max_group) == (512, 3)
     assert c.shared_lens.dtype == torch.int64
+
+
+def test_graph_buffers_take_a_step_groups_and_capped_split_count() -> None:
+    """What a cascade graph replay loads (cuda_graph.GraphInputs, CPU tensors here): the step's groups into the
+    buffers' prefix, zeros past them, and the step's shared-key split count capped at the captured grid."""
+    from lite_srt.engine.cuda_graph import GRAPH_SHARED_SPLITS, GraphInputs
+
+    inp = GraphInputs.allocate(32, torch.device("cpu"), dummy_slot=0, dummy_row=0)
+    inp.shared_lens.fill_(7)
+    inp.group_size.fill_(9)
+    step = pg.PrefixGroups([0, 256, 256, 512, 512, 512], [1, 3], [2, 3]).to_device(torch.device("cpu"))
+    inp.load_cascade(step, bs=6, padded=8, splits=3)
+    assert inp.shared_lens[:8].tolist() == [0, 256, 256, 512, 512, 512, 0, 0]
+    assert inp.group_start[:2].tolist() == [1, 3] and inp.group_size[:4].tolist() == [2, 3, 0, 0]
+    assert inp.split_count.tolist() == [3]
+    view = inp.cascade(8)
+    assert view.shared_splits == GRAPH_SHARED_SPLITS and view.split_count is inp.split_count
+    inp.load_cascade(step, bs=6, padded=8, splits=GRAPH_SHARED_SPLITS + 5)
+    assert inp.split_count.tolist() == [GRAPH_SHARED_SPLITS]

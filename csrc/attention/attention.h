@@ -16,4 +16,9 @@ void launch_decode_attention(const AttentionArgs& a, const CascadeArgs* cascade,
                              cudaStream_t stream);
 void launch_extend_attention(const AttentionArgs& a, cudaStream_t stream);
 
+// Splits of a cascade's shared keys for a step with these groups on the current device (what an eager launch
+// picks; captured graphs write it to CascadeArgs::split_count each step).
+int decode_cascade_splits(int64_t q_heads, int64_t kv_heads, int64_t num_groups, int64_t max_group,
+                          int64_t max_shared);
+
 }  // namespace lite_srt

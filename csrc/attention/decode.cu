@@ -383,7 +383,18 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
   const int64_t kvh = blockIdx.y / row_chunks;
   const int64_t b0 = c.group_start[grp];
   const int64_t shared = min(c.shared_lens[b0], a.seq_lens[b0]);
-  const int splits = static_cast<int>(gridDim.x);
+  const int64_t grid_splits = gridDim.x;
+  const int splits = static_cast<int>(
+      c.split_count.ptr != nullptr ? max(static_cast<int64_t>(1), min(grid_splits, c.split_count[0])) : grid_splits);
+  const int n_rows = static_cast<int>(size * gh);
+  if (static_cast<int>(blockIdx.x) >= splits) {  // past this step's count: an empty partial (weight 0, o unread)
+    const int p = num_splits + static_cast<int>(blockIdx.x);
+    const int r_end = static_cast<int>(min(static_cast<int64_t>(n_rows), row0 + kGroupRows));
+    for (int r = static_cast<int>(row0) + threadIdx.x; r < r_end; r += blockDim.x) {
+      ws_lse[part_index(a, b0 + r / gh, kvh * gh + r % gh, parts, p)] = -FLT_MAX;
+    }
+    return;
+  }
   const int64_t per_split = ceil_div(ceil_div(shared, splits), kTileKeys) * kTileKeys;
   const int64_t j_begin = min(shared, blockIdx.x * per_split);
   const int64_t j_end = min(shared, j_begin + per_split);
@@ -395,7 +406,6 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
   const int tig = lane & 3;
   // This lane's two rows (g, g + 8 of the warp's 16) as (request, head); rows past the group are zeros.
   const int r0 = static_cast<int>(row0) + warp * 16 + g;  // and r0 + 8
-  const int n_rows = static_cast<int>(size * gh);
   uint32_t qa[D / 16][4];
   {
     const T* q = static_cast<const T*>(a.q);
@@ -478,7 +488,9 @@ __global__ void merge_splits_kernel(AttentionArgs a, IndexArray shared_lens, int
   for (int d = threadIdx.x; d < a.head_dim; d += blockDim.x) {
     float num = 0.0f;
 #pragma unroll 4
-    for (int p = 0; p < used; ++p) num += wgt[p] * o[p * a.head_dim + d];
+    for (int p = 0; p < used; ++p) {
+      if (wgt[p] != 0.0f) num += wgt[p] * o[p * a.head_dim + d];  // an empty partial's o may be unwritten
+    }
     static_cast<T*>(a.out)[b * a.out_stride.row + head * a.out_stride.head + d] = from_float<T>(num * inv_den);
   }
 }
@@ -521,10 +533,9 @@ DecodePlan plan_decode(const AttentionArgs& a, const CascadeArgs* c) {
 #if !defined(USE_ROCM)
   if (mma && c != nullptr && c->num_groups > 0 && c->max_shared > 0) {
     plan.row_chunks = static_cast<int>(ceil_div(std::max<int64_t>(c->max_group, 1) * group, kGroupRows));
-    const int64_t shared_blocks = c->num_groups * a.kv_heads * plan.row_chunks;
-    const int64_t by_len = std::max<int64_t>(1, c->max_shared / (2 * kTileKeys));
-    const int64_t splits = c->shared_splits > 0 ? c->shared_splits : ceil_div(target, shared_blocks);
-    plan.shared_splits = static_cast<int>(std::clamp<int64_t>(splits, 1, std::min<int64_t>(kMaxSharedSplits, by_len)));
+    plan.shared_splits = c->shared_splits > 0 ? static_cast<int>(std::min<int64_t>(c->shared_splits, kMaxSharedSplits))
+                                              : decode_cascade_splits(a.q_heads, a.kv_heads, c->num_groups,
+                                                                      c->max_group, c->max_shared);
   }
 #endif
   return plan;
@@ -590,6 +601,18 @@ void launch_typed(const AttentionArgs& a, const CascadeArgs* c, const DecodePlan
 }
 
 }  // namespace
+
+// About one wave of shared-pass blocks (two resident per SM), rounded down like the key splits, at least two tiles
+// per split. H200, 2k-key prefixes (docs/BENCHMARKS.md): 1 split is best at 32 groups, 2 at 16, 4-8 at 2-4.
+int decode_cascade_splits(int64_t q_heads, int64_t kv_heads, int64_t num_groups, int64_t max_group,
+                          int64_t max_shared) {
+  if (num_groups <= 0 || max_shared <= 0 || kv_heads <= 0) return 1;
+  const int64_t row_chunks = ceil_div(std::max<int64_t>(max_group, 1) * (q_heads / kv_heads), kGroupRows);
+  const int64_t shared_blocks = num_groups * kv_heads * row_chunks;
+  const int64_t want = static_cast<int64_t>(current_num_sms()) * 2 / shared_blocks;
+  const int64_t by_len = std::max<int64_t>(1, max_shared / (2 * kTileKeys));
+  return static_cast<int>(std::clamp<int64_t>(want, 1, std::min<int64_t>(kMaxSharedSplits, by_len)));
+}
 
 int64_t decode_attention_workspace_bytes(const AttentionArgs& a, const CascadeArgs* cascade) {
   const DecodePlan plan = plan_decode(a, cascade);

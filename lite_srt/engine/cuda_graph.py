@@ -23,16 +23,19 @@ from dataclasses import dataclass
 
 import torch
 
+from lite_srt import kernels
 from lite_srt.engine.forward_batch import ForwardBatch, ForwardMode
 from lite_srt.engine.prefix_groups import MAX_GROUP, CascadeBatch
+from lite_srt.layers.attention import PagedAttention
 from lite_srt.mem.kv_pool import KVPool
 
 logger = logging.getLogger(__name__)
 
 CASCADE_MIN_BS = 16  # smaller batches rarely hold groups worth the extra kernels
-# Captured cascade graphs cannot size the shared split from the step's groups; 4 splits keep 16-32 groups of a
-# 2k prefix at 512-1,024 blocks (eager picks 2-3 there, docs/BENCHMARKS.md).
-GRAPH_SHARED_SPLITS = 4
+# Captured cascade graphs launch this many shared-key splits per (group, KV head) and read the step's count (what
+# an eager launch would pick, kernels.cascade_shared_splits) from a device buffer; blocks past it leave at once.
+# The best count runs from 1 (32 groups) to 4-8 (2-4 groups) on an H200 (docs/BENCHMARKS.md).
+GRAPH_SHARED_SPLITS = 8
 _ANY_SHARED = 1 << 30  # captured graphs take any shared length (the kernel reads the real one on the device)
 
 
@@ -42,6 +45,12 @@ def capture_batch_sizes(max_bs: int) -> list[int]:
     if sizes[-1] != max_bs:
         sizes.append(max_bs)
     return sizes
+
+
+def attention_heads(model: torch.nn.Module) -> tuple[int, int]:
+    """(query heads, KV heads) of the model's attention layers on this rank; (1, 1) for a model without any."""
+    layer = next((m for m in model.modules() if isinstance(m, PagedAttention)), None)
+    return (layer.num_heads, layer.num_kv_heads) if layer is not None else (1, 1)
 
 
 @dataclass
@@ -58,6 +67,7 @@ class GraphInputs:
     shared_lens: torch.Tensor  # cascade buffers: rows' shared lengths, then group starts and sizes
     group_start: torch.Tensor
     group_size: torch.Tensor
+    split_count: torch.Tensor  # [1]: the step's shared-key splits (<= GRAPH_SHARED_SPLITS)
 
     @classmethod
     def allocate(cls, max_bs: int, device: torch.device, dummy_slot: int, dummy_row: int) -> GraphInputs:
@@ -75,6 +85,7 @@ class GraphInputs:
             shared_lens=full(0),
             group_start=full(0)[: max(1, max_bs // 2)],
             group_size=full(0)[: max(1, max_bs // 2)],
+            split_count=full(1)[:1],
         )
 
     def cascade(self, bs: int) -> CascadeBatch:
@@ -82,12 +93,14 @@ class GraphInputs:
         g = bs // 2
         return CascadeBatch(
             self.shared_lens[:bs], self.group_start[:g], self.group_size[:g], _ANY_SHARED, MAX_GROUP,
-            GRAPH_SHARED_SPLITS,
+            GRAPH_SHARED_SPLITS, self.split_count,
         )  # fmt: skip
 
-    def load_cascade(self, c: CascadeBatch, bs: int, padded: int) -> None:
-        """Copies a step's groups into the buffers; padded rows and unused groups are zeros."""
+    def load_cascade(self, c: CascadeBatch, bs: int, padded: int, splits: int) -> None:
+        """Copies a step's groups and shared-key split count into the buffers; padded rows and unused groups are
+        zeros."""
         g = c.group_start.shape[0]
+        self.split_count.fill_(min(splits, GRAPH_SHARED_SPLITS))
         self.shared_lens[:bs].copy_(c.shared_lens, non_blocking=True)
         self.shared_lens[bs:padded].zero_()
         self.group_start[:g].copy_(c.group_start, non_blocking=True)
@@ -130,6 +143,7 @@ class CudaGraphRunner:
         self.graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}
         self.outputs: dict[tuple[int, bool], torch.Tensor] = {}
         self.cascade = cascade
+        self.heads = attention_heads(model)  # (q, kv) per rank: what the cascade's split count is sized by
         self.cascade_replays = 0  # replays of cascade graphs (tests and A/B runs read it)
         req_to_token[dummy_row].fill_(self.dummy_slot)
 
@@ -214,7 +228,12 @@ class CudaGraphRunner:
             inp.positions[bs:padded].zero_()
         cascade = fb.cascade is not None
         if fb.cascade is not None:
-            inp.load_cascade(fb.cascade, bs, padded)
+            c = fb.cascade
+            q_heads, kv_heads = self.heads
+            splits = kernels.cascade_shared_splits(
+                self.pool.device, q_heads, kv_heads, c.group_start.shape[0], c.max_group, c.max_shared
+            )
+            inp.load_cascade(c, bs, padded, splits)
             self.cascade_replays += 1
         self.graphs[padded, cascade].replay()
         out = self.outputs[padded, cascade][:bs]

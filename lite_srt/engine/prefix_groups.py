@@ -56,7 +56,10 @@ class CascadeBatch:
     group_size: torch.Tensor  # [G] int64
     max_shared: int
     max_group: int
-    shared_splits: int = 0  # 0: the kernel picks from the groups; captured graphs fix it
+    shared_splits: int = 0  # 0: the kernel picks from the groups; captured graphs fix it (blocks launched)
+    split_count: torch.Tensor | None = (
+        None  # [1] int64 on the device: the splits used (graphs, <= shared_splits)
+    )
 
 
 @dataclass

@@ -124,6 +124,17 @@ def store_kv(
 _NATIVE_HEAD_DIMS = (64, 128)
 
 
+def cascade_shared_splits(
+    device: torch.device, q_heads: int, kv_heads: int, num_groups: int, max_group: int, max_shared: int
+) -> int:
+    """Splits of a cascade's shared keys that an eager launch picks for a step's groups on `device` (captured
+    graphs launch a fixed number of blocks and read this count from a device buffer each step)."""
+    if device.type != "cuda" or not has_native("decode_cascade_splits", "cuda"):
+        return 1
+    with torch.cuda.device(device):
+        return int(_C.decode_cascade_splits_cuda(q_heads, kv_heads, num_groups, max_group, max_shared))
+
+
 def _native_attention(name: str, q: torch.Tensor):
     return _native(name, q) if q.shape[-1] in _NATIVE_HEAD_DIMS else None
 
@@ -153,6 +164,7 @@ def decode_attention(
         cascade_op(
             out, q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale,
             c.shared_lens, c.group_start, c.group_size, c.max_shared, c.max_group, c.shared_splits,
+            c.split_count,
         )  # fmt: skip
     else:
         op(out, q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale)
