@@ -35,6 +35,7 @@ from lite_srt.engine.profiler import ForwardProfiler
 from lite_srt.engine.request import Req, RequestGroup, init_output_state
 from lite_srt.engine.sampler import SamplingBatch
 from lite_srt.engine.scheduler import Scheduler
+from lite_srt.engine.token_ids import bad_token_id
 from lite_srt.errors import (
     ContextLengthExceededError,
     EngineDeadError,
@@ -295,7 +296,7 @@ class AsyncEngine:
         if not ids:
             raise InvalidRequestError("the prompt is empty", param="input_ids")
         vocab = self.model_config.vocab_size
-        if any((not isinstance(t, int)) or isinstance(t, bool) or t < 0 or t >= vocab for t in ids):
+        if bad_token_id(ids, vocab) is not None:
             raise InvalidRequestError(f"input_ids must be integers in [0, {vocab})", param="input_ids")
         if len(ids) >= self.context_length:
             raise ContextLengthExceededError(

@@ -17,6 +17,7 @@ import msgspec
 from aiohttp import web
 
 from lite_srt.config import ServerArgs
+from lite_srt.engine.token_ids import bad_token_id
 from lite_srt.server.errors import ApiError, bad_request, decode_error
 from lite_srt.server.metrics import ServerMetrics
 
@@ -64,9 +65,9 @@ class ServerState:
 
     def check_token_ids(self, ids: list[Any], param: str) -> list[int]:
         vocab = int(self.tokenizer.vocab_size)
-        for t in ids:
-            if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab:
-                raise bad_request(f"{param} must hold token ids in [0, {vocab}), got {t!r}", param=param)
+        bad = bad_token_id(ids, vocab)
+        if bad is not None:
+            raise bad_request(f"{param} must hold token ids in [0, {vocab}), got {bad[0]!r}", param=param)
         return ids
 
 

@@ -319,7 +319,7 @@ async def _completion_prompts(st: ServerState, prompt: str | list[Any]) -> list[
         raise bad_request("prompt must not be empty", param="prompt")
     if all(isinstance(p, str) for p in prompt):
         return [await _text_prompt(st, p) for p in prompt]
-    if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
+    if isinstance(prompt[0], int) and not isinstance(prompt[0], bool):  # _ids_prompt checks every element
         return [_ids_prompt(st, prompt, "prompt")]
     if all(isinstance(p, list) for p in prompt):
         return [_ids_prompt(st, p, f"prompt[{i}]") for i, p in enumerate(prompt)]
