@@ -230,3 +230,25 @@ def test_streaming_find_equals_search_of_full_text(text: str, stops: list[str], 
         assert found is None
     else:
         assert found is not None and found[0] == expected[0] and text.startswith(found[1], found[0])
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 1000), max_size=40), st.integers(0, 5))
+def test_tokenwise_detokenizer_matches_the_windowed_one_on_the_null_tokenizer(
+    ids: list[int], chunk: int
+) -> None:
+    """The dummy-weight server's NullTokenizer decodes tokens independently, so make_detokenizer gives it the
+    window-free detokenizer; its deltas and text must be exactly the windowed detokenizer's."""
+    from lite_srt.tokenizer.detokenizer import TokenwiseDetokenizer, make_detokenizer
+    from lite_srt.tokenizer.null_tokenizer import NullTokenizer
+
+    tok = NullTokenizer(1001, None, [])
+    fast, slow = make_detokenizer(tok), IncrementalDetokenizer(tok)
+    assert isinstance(fast, TokenwiseDetokenizer)
+    if chunk == 0:
+        deltas = [(fast.push_one(t), slow.push_one(t)) for t in ids]
+    else:
+        pieces = [ids[i : i + chunk] for i in range(0, len(ids), chunk)]
+        deltas = [(fast.push(p), slow.push(p)) for p in pieces]
+    assert all(a == b for a, b in deltas)
+    assert (fast.finish(), fast.text) == (slow.finish(), slow.text) == ("", tok.decode(ids))

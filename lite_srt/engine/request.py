@@ -15,7 +15,7 @@ from typing import Any
 from lite_srt.engine.io import FinishReason, RequestOutput, TokenLogprob
 from lite_srt.engine.sampler import plain_greedy_from
 from lite_srt.sampling_params import SamplingParams
-from lite_srt.tokenizer.detokenizer import IncrementalDetokenizer, StopStringMatcher, token_length_cache
+from lite_srt.tokenizer.detokenizer import IncrementalDetokenizer, StopStringMatcher, make_detokenizer
 from lite_srt.tokenizer.tokenizer import Tokenizer
 
 
@@ -160,12 +160,7 @@ class RequestGroup:
 
 def init_output_state(req: Req, tokenizer: Tokenizer) -> None:
     p = req.params
-    req.detok = IncrementalDetokenizer(
-        tokenizer,
-        skip_special_tokens=p.skip_special_tokens,
-        spaces_between_special_tokens=p.spaces_between_special_tokens,
-        token_lengths=token_length_cache(tokenizer, p.skip_special_tokens),
-    )
+    req.detok = make_detokenizer(tokenizer, p.skip_special_tokens, p.spaces_between_special_tokens)
     req.stop_matcher = StopStringMatcher(p.stop) if p.stop else None
     req.logprobs = [] if (p.logprobs or p.top_logprobs > 0) else None
 

@@ -136,6 +136,38 @@ class IncrementalDetokenizer:
         return self._tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens) if ids else ""
 
 
+class TokenwiseDetokenizer(IncrementalDetokenizer):
+    """For a tokenizer whose tokens decode independently (`decodes_tokenwise`, with `token_text(id)`): the text
+    of the ids is the concatenation of their texts, so no decode window is needed. The dummy-weight server's
+    NullTokenizer is one; at 512 streams the windowed decode was ~18% of the event loop's time (H200, py-spy)."""
+
+    def push(self, token_ids: Sequence[int]) -> str:
+        return "".join(self.push_one(t) for t in token_ids)
+
+    def push_one(self, token_id: int) -> str:
+        self._ids.append(token_id)
+        text = self._tokenizer.token_text(token_id)
+        self._parts.append(text)
+        return text
+
+    def finish(self) -> str:
+        return ""
+
+
+def make_detokenizer(
+    tokenizer: _Decoder, skip_special_tokens: bool = True, spaces_between_special_tokens: bool = True
+) -> IncrementalDetokenizer:
+    """The detokenizer for a stream of `tokenizer`'s ids (tokenwise where the tokenizer allows it)."""
+    if getattr(tokenizer, "decodes_tokenwise", False):
+        return TokenwiseDetokenizer(tokenizer, skip_special_tokens, spaces_between_special_tokens)
+    return IncrementalDetokenizer(
+        tokenizer,
+        skip_special_tokens,
+        spaces_between_special_tokens,
+        token_length_cache(tokenizer, skip_special_tokens),
+    )
+
+
 class StopStringMatcher:
     """Finds stop strings in generated text and says how much trailing text a stream must hold back."""
 

@@ -15,6 +15,7 @@ from lite_srt.errors import InvalidRequestError
 class NullTokenizer:
     chat_template = None
     bos_token = eos_token = None
+    decodes_tokenwise = True  # decode(ids) == "".join(token_text(i) for i in ids): detokenizer.py's fast path
 
     def __init__(self, vocab_size: int, bos_token_id: int | None, eos_token_ids: Sequence[int]) -> None:
         self.vocab_size = vocab_size
@@ -34,6 +35,9 @@ class NullTokenizer:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return "".join(f"<{i}>" for i in ids)
+
+    def token_text(self, token_id: int) -> str:
+        return f"<{token_id}>"
 
     def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
         return [f"<{i}>" for i in ids]
