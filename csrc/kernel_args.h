@@ -113,7 +113,7 @@ struct CascadeArgs {
   int64_t num_groups;
   int64_t max_shared;  // the longest shared length (sizes the split of the shared keys)
   int64_t max_group;   // the largest group (sizes the blocks' row chunks)
-  int64_t shared_splits;  // splits of the shared keys; 0 = chosen from the groups (CUDA graphs fix it instead)
+  int64_t shared_splits;  // splits of the shared keys (blocks launched); 0 = chosen from the groups
   // [1] on the device, or null: the splits of this step, at most shared_splits. A captured graph launches
   // shared_splits blocks per (group, head) and reads the step's count here; blocks past it write empty partials.
   IndexArray split_count;

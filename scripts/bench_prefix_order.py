@@ -70,7 +70,7 @@ def main() -> None:
         type=int,
         nargs="*",
         default=[],
-        help="also run the cascade with these fixed shared-key splits (captured graphs fix it; 0: the kernel picks)",
+        help="also run the cascade with these fixed shared-key splits (0: the kernel picks, as graphs do per step)",
     )
     a = p.parse_args()
     b = a.groups * a.per_group
