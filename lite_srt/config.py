@@ -61,7 +61,12 @@ class ServerArgs:
         "else 2048)"
     )
     page_size: int = _opt("KV allocation granularity in tokens", 1)
-    schedule_policy: str = _opt("waiting-queue order", "fcfs", ("fcfs", "lpm"))
+    schedule_policy: str = _opt(
+        "waiting-queue order: fcfs, lpm (longest cached prefix first), lof (longest remaining output first: a "
+        "backlog's long generations start early, so the run does not end on one started last)",
+        "fcfs",
+        ("fcfs", "lpm", "lof"),
+    )
     disable_radix_cache: bool = _opt("use the naive cache (no prefix reuse), for A/B", False)
     schedule_conservativeness: float = _opt(
         "scales the KV kept back for running requests' future tokens when admitting new ones "

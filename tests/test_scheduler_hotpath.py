@@ -9,6 +9,7 @@ fast path (numpy slot allocation, plain-greedy sampling batches) is checked agai
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -376,3 +377,24 @@ async def test_requests_sharing_an_uncached_prompt_start_compute_it_once(caplog,
         f.output_ids == [token_at(p) for p in range(len(prompts[r]) - 1, len(prompts[r]) + 3)]
         for f, r in zip(finals, prompts)
     )
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "lof"])
+async def test_waiting_order_by_policy(policy: str) -> None:
+    """lof takes the waiting requests with the most tokens left to generate first (arrival order among equals);
+    fcfs keeps arrival order. Either way every request then runs to its length."""
+    sched, runner = make_scheduler(overlap=True, max_running=2)
+    sched.args = dataclasses.replace(sched.args, schedule_policy=policy)
+    lengths = {"a": 5, "b": 40, "c": 12, "d": 40}
+    groups = {
+        rid: submit(sched, rid, 6, temperature=0.0, max_new_tokens=n, ignore_eos=True)
+        for rid, n in lengths.items()
+    }
+    order = [r.rid for r in sched._ordered_waiting()]
+    assert order == (["b", "d", "c", "a"] if policy == "lof" else ["a", "b", "c", "d"])
+    task = asyncio.ensure_future(sched.run_forever())
+    outs = {rid: await asyncio.wait_for(collect(g), 30) for rid, g in groups.items()}
+    sched.stop()
+    await task
+    assert all(len(o[-1].output_ids) == lengths[rid] for rid, o in outs.items())
+    assert not sched.running and not sched.groups and runner.decode_batches > 0

@@ -195,6 +195,8 @@ class Scheduler:
                 return 0 if r.shared else self.kv.cache.match_prefix(r.fill_ids[:-1]).length
 
             reqs.sort(key=matched, reverse=True)
+        elif self.args.schedule_policy == "lof":
+            reqs.sort(key=Req.remaining_new_tokens, reverse=True)  # stable: arrival order among equals
         return reqs
 
     def _decode_reserve(self, extra: list[Req]) -> int:
