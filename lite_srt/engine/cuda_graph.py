@@ -68,6 +68,7 @@ class GraphInputs:
     group_start: torch.Tensor
     group_size: torch.Tensor
     split_count: torch.Tensor  # [1]: the step's shared-key splits (<= GRAPH_SHARED_SPLITS)
+    _split_value: int = 1  # what split_count holds: rewritten only when a step's count differs
 
     @classmethod
     def allocate(cls, max_bs: int, device: torch.device, dummy_slot: int, dummy_row: int) -> GraphInputs:
@@ -100,7 +101,10 @@ class GraphInputs:
         """Copies a step's groups and shared-key split count into the buffers; padded rows and unused groups are
         zeros."""
         g = c.group_start.shape[0]
-        self.split_count.fill_(min(splits, GRAPH_SHARED_SPLITS))
+        splits = min(splits, GRAPH_SHARED_SPLITS)
+        if splits != self._split_value:
+            self.split_count.fill_(splits)
+            self._split_value = splits
         self.shared_lens[:bs].copy_(c.shared_lens, non_blocking=True)
         self.shared_lens[bs:padded].zero_()
         self.group_start[:g].copy_(c.group_start, non_blocking=True)
@@ -144,6 +148,9 @@ class CudaGraphRunner:
         self.outputs: dict[tuple[int, bool], torch.Tensor] = {}
         self.cascade = cascade
         self.heads = attention_heads(model)  # (q, kv) per rank: what the cascade's split count is sized by
+        self._splits: tuple[tuple[int, int, int], int] | None = (
+            None  # (groups, max group, max shared) -> splits
+        )
         self.cascade_replays = 0  # replays of cascade graphs (tests and A/B runs read it)
         req_to_token[dummy_row].fill_(self.dummy_slot)
 
@@ -209,6 +216,15 @@ class CudaGraphRunner:
         # Groups fit the buffers by construction (>= 2 rows each, <= MAX_GROUP rows).
         return (self._padded(fb.batch_size), True) in self.graphs and fb.cascade.max_group <= MAX_GROUP
 
+    def _shared_splits(self, c: CascadeBatch) -> int:
+        """The eager plan's shared-key split count for the step's groups; the scheduler reuses its groups while
+        the batch is unchanged, so the last answer is kept."""
+        key = (c.group_start.shape[0], c.max_group, c.max_shared)
+        if self._splits is None or self._splits[0] != key:
+            q_heads, kv_heads = self.heads
+            self._splits = (key, kernels.cascade_shared_splits(self.pool.device, q_heads, kv_heads, *key))
+        return self._splits[1]
+
     def _padded(self, bs: int) -> int:
         return next(s for s in self.sizes if s >= bs)
 
@@ -229,11 +245,7 @@ class CudaGraphRunner:
         cascade = fb.cascade is not None
         if fb.cascade is not None:
             c = fb.cascade
-            q_heads, kv_heads = self.heads
-            splits = kernels.cascade_shared_splits(
-                self.pool.device, q_heads, kv_heads, c.group_start.shape[0], c.max_group, c.max_shared
-            )
-            inp.load_cascade(c, bs, padded, splits)
+            inp.load_cascade(c, bs, padded, self._shared_splits(c))
             self.cascade_replays += 1
         self.graphs[padded, cascade].replay()
         out = self.outputs[padded, cascade][:bs]

@@ -57,9 +57,8 @@ class CascadeBatch:
     max_shared: int
     max_group: int
     shared_splits: int = 0  # 0: the kernel picks from the groups; captured graphs fix it (blocks launched)
-    split_count: torch.Tensor | None = (
-        None  # [1] int64 on the device: the splits used (graphs, <= shared_splits)
-    )
+    # [1] int64 on the device: the splits used (captured graphs, <= shared_splits); None: shared_splits
+    split_count: torch.Tensor | None = None
 
 
 @dataclass
