@@ -371,20 +371,40 @@ void rotary_embedding_cuda(at::Tensor positions, at::Tensor q, at::Tensor k, at:
   launch_rotary_embedding(make_rope(positions, q, k, cos_sin_cache, is_neox, Backend::kCUDA), stream_for(q));
 }
 
+// RoPE on q and k in place, then k and v stored into their pool slots, in one kernel.
+void rope_store_kv_cuda(at::Tensor positions, at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor cos_sin_cache,
+                        bool is_neox, at::Tensor k_cache, at::Tensor v_cache, at::Tensor slots) {
+  const c10::cuda::CUDAGuard guard = guard_for(q, "rope_store_kv", "q");
+  const RopeArgs rope = make_rope(positions, q, k, cos_sin_cache, is_neox, Backend::kCUDA);
+  const StoreKVArgs store = make_store_kv(k_cache, v_cache, slots, k, v, Backend::kCUDA);
+  launch_rope_store_kv(rope, store, stream_for(q));
+}
+
 void store_kv_cuda(at::Tensor k_cache, at::Tensor v_cache, at::Tensor slots, at::Tensor k, at::Tensor v) {
   const c10::cuda::CUDAGuard guard = guard_for(k, "store_kv", "k");
   launch_store_kv(make_store_kv(k_cache, v_cache, slots, k, v, Backend::kCUDA), stream_for(k));
 }
 
+// The in-kernel split merge's counters (attention.h, MergeCounters): an int32 CUDA tensor on q's device.
+MergeCounters merge_counters_of(const std::optional<at::Tensor>& t, const at::Tensor& q, const char* op) {
+  if (!t.has_value()) return {};
+  check_device(*t, Backend::kCUDA, q, op, "merge_counters");
+  TORCH_CHECK_VALUE(t->scalar_type() == at::kInt && t->is_contiguous(), op,
+                    ": merge_counters must be a contiguous int32 tensor");
+  return {t->data_ptr<int>(), t->numel()};
+}
+
 void decode_attention_cuda(at::Tensor out, at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
-                           at::Tensor req_to_token, at::Tensor req_pool_indices, at::Tensor seq_lens, double scale) {
+                           at::Tensor req_to_token, at::Tensor req_pool_indices, at::Tensor seq_lens, double scale,
+                           std::optional<at::Tensor> merge_counters) {
   const c10::cuda::CUDAGuard guard = guard_for(q, "decode_attention", "q");
   const AttentionArgs a =
       make_decode(out, q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale, Backend::kCUDA);
+  const MergeCounters counters = merge_counters_of(merge_counters, q, "decode_attention");
   // Split-K partials live in a scratch buffer from torch's caching allocator (cheap, CUDA-graph safe).
   const int64_t bytes = decode_attention_workspace_bytes(a, nullptr);
   at::Tensor workspace = at::empty({std::max<int64_t>(bytes, 1)}, q.options().dtype(at::kByte));
-  launch_decode_attention(a, nullptr, workspace.data_ptr(), stream_for(q));
+  launch_decode_attention(a, nullptr, workspace.data_ptr(), counters, stream_for(q));
 }
 
 // Decode attention with cascade groups (kernel_args.h, CascadeArgs): rows sharing a prefix attend it once.
@@ -393,7 +413,8 @@ void decode_attention_cascade_cuda(at::Tensor out, at::Tensor q, at::Tensor k_ca
                                    at::Tensor req_to_token, at::Tensor req_pool_indices, at::Tensor seq_lens,
                                    double scale, at::Tensor shared_lens, at::Tensor group_start,
                                    at::Tensor group_size, int64_t max_shared, int64_t max_group,
-                                   int64_t shared_splits, std::optional<at::Tensor> split_count) {
+                                   int64_t shared_splits, std::optional<at::Tensor> split_count,
+                                   std::optional<at::Tensor> merge_counters) {
   const char* op = "decode_attention_cascade";
   const c10::cuda::CUDAGuard guard = guard_for(q, op, "q");
   const AttentionArgs a =
@@ -420,9 +441,10 @@ void decode_attention_cascade_cuda(at::Tensor out, at::Tensor q, at::Tensor k_ca
     TORCH_CHECK_VALUE(shared_splits > 0, op, ": split_count needs shared_splits > 0 (the blocks launched per group)");
     c.split_count = index_array(*split_count, op, "split_count", 1);
   }
+  const MergeCounters counters = merge_counters_of(merge_counters, q, op);
   const int64_t bytes = decode_attention_workspace_bytes(a, &c);
   at::Tensor workspace = at::empty({std::max<int64_t>(bytes, 1)}, q.options().dtype(at::kByte));
-  launch_decode_attention(a, &c, workspace.data_ptr(), stream_for(q));
+  launch_decode_attention(a, &c, workspace.data_ptr(), counters, stream_for(q));
 }
 
 void extend_attention_cuda(at::Tensor out, at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
@@ -569,17 +591,21 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("silu_and_mul_cuda", &silu_and_mul_cuda, py::arg("out"), py::arg("x"));
   m.def("rotary_embedding_cuda", &rotary_embedding_cuda, py::arg("positions"), py::arg("q"), py::arg("k"),
         py::arg("cos_sin_cache"), py::arg("is_neox"));
+  m.def("rope_store_kv_cuda", &rope_store_kv_cuda,
+        "in-place RoPE on q and k, then k_cache[slots] = k; v_cache[slots] = v (slot < 0 skipped)",
+        py::arg("positions"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("cos_sin_cache"),
+        py::arg("is_neox"), py::arg("k_cache"), py::arg("v_cache"), py::arg("slots"));
   m.def("store_kv_cuda", &store_kv_cuda, py::arg("k_cache"), py::arg("v_cache"), py::arg("slots"), py::arg("k"),
         py::arg("v"));
   m.def("decode_attention_cuda", &decode_attention_cuda, py::arg("out"), py::arg("q"), py::arg("k_cache"),
         py::arg("v_cache"), py::arg("req_to_token"), py::arg("req_pool_indices"), py::arg("seq_lens"),
-        py::arg("scale"));
+        py::arg("scale"), py::arg("merge_counters") = py::none());
   m.def("decode_attention_cascade_cuda", &decode_attention_cascade_cuda,
         "decode attention where groups of rows share a prefix's KV (attended once per group)", py::arg("out"),
         py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("req_to_token"), py::arg("req_pool_indices"),
         py::arg("seq_lens"), py::arg("scale"), py::arg("shared_lens"), py::arg("group_start"),
         py::arg("group_size"), py::arg("max_shared"), py::arg("max_group"), py::arg("shared_splits") = 0,
-        py::arg("split_count") = py::none());
+        py::arg("split_count") = py::none(), py::arg("merge_counters") = py::none());
   m.def("decode_cascade_splits_cuda", &decode_cascade_splits,
         "splits of a cascade's shared keys for a step's groups on the current device", py::arg("q_heads"),
         py::arg("kv_heads"), py::arg("num_groups"), py::arg("max_group"), py::arg("max_shared"));

@@ -92,6 +92,12 @@ __device__ __forceinline__ float warp_reduce_sum(float v) {
   return v;
 }
 
+__device__ __forceinline__ float warp_reduce_max(float v) {
+#pragma unroll
+  for (int mask = WARP_SIZE / 2; mask > 0; mask >>= 1) v = fmaxf(v, LSRT_SHFL_XOR(v, mask));
+  return v;
+}
+
 // Sum over the whole block (blockDim.x a multiple of WARP_SIZE, at most 1024); every thread gets the result.
 __device__ __forceinline__ float block_reduce_sum(float v) {
   __shared__ float partial[1024 / WARP_SIZE];

@@ -1,9 +1,12 @@
 """Decode attention at small and mid batch against the number of key splits per request.
 
   python scripts/bench_decode_splits.py [--batch-sizes 8 16 32] [--contexts 1024 2048] [--splits auto 1 2 4]
+      [--merge kernel|fused]
 
 Each cell forces the split count through LITE_SRT_DECODE_SPLITS (read on every launch) and times the op on
-scattered KV slots (Llama-3.1-8B heads: 32 query / 8 KV, d=128, bf16); "auto" is the built-in plan. The table
+scattered KV slots (Llama-3.1-8B heads: 32 query / 8 KV, d=128, bf16); "auto" is the built-in plan. Splits are
+merged by the separate merge kernel (`--merge kernel`) or inside the decode kernel (`--merge fused`, what the
+model path does: lite_srt.kernels passes merge counters). The table
 (printed last, also written as JSON) gives microseconds and the share of device-copy bandwidth.
 """
 
@@ -42,7 +45,7 @@ def copy_gbps() -> float:
 
 
 def time_splits(
-    bs: int, ctx: int, splits: list[str], hq: int = 32, hkv: int = 8, d: int = 128
+    bs: int, ctx: int, splits: list[str], fused: bool, hq: int = 32, hkv: int = 8, d: int = 128
 ) -> dict[str, float]:
     slots = bs * ctx
     kc = torch.randn(slots + 1, hkv, d, device=DEV, dtype=DT)
@@ -52,6 +55,7 @@ def time_splits(
     lens = torch.full((bs,), ctx, device=DEV, dtype=torch.int32)
     q = torch.randn(bs, hq, d, device=DEV, dtype=DT)
     out = torch.empty_like(q)
+    counters = torch.zeros(bs * hq, dtype=torch.int32, device=DEV) if fused else None
     result = {}
     for s in splits:
         if s == "auto":
@@ -59,7 +63,7 @@ def time_splits(
         else:
             os.environ["LITE_SRT_DECODE_SPLITS"] = s
         result[s] = time_ms(
-            lambda: _C.decode_attention_cuda(out, q, kc, vc, table, rows, lens, 1 / math.sqrt(d))
+            lambda: _C.decode_attention_cuda(out, q, kc, vc, table, rows, lens, 1 / math.sqrt(d), counters)
         )
     os.environ.pop("LITE_SRT_DECODE_SPLITS", None)
     return result
@@ -70,19 +74,24 @@ def main() -> None:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16, 24, 32, 48, 64])
     p.add_argument("--contexts", type=int, nargs="+", default=[1024, 2048])
     p.add_argument("--splits", nargs="+", default=["auto", "1", "2", "3", "4", "8"])
+    p.add_argument("--merge", choices=["kernel", "fused"], default="fused")
     p.add_argument("--json", default="bench_decode_splits.json")
     a = p.parse_args()
     copy = copy_gbps()
     results = []
     for bs in a.batch_sizes:
         for ctx in a.contexts:
-            ms = time_splits(bs, ctx, a.splits)
+            ms = time_splits(bs, ctx, a.splits, a.merge == "fused")
             results.append({"batch_size": bs, "context": ctx, "ms": ms})
     with open(a.json, "w") as f:
         json.dump(
-            {"device": torch.cuda.get_device_name(), "copy_gbps": copy, "results": results}, f, indent=2
+            {"device": torch.cuda.get_device_name(), "copy_gbps": copy, "merge": a.merge, "results": results},
+            f,
+            indent=2,
         )
-    print(f"\n{torch.cuda.get_device_name()}: copy {copy:.0f} GB/s; us per call (% of copy bandwidth)")
+    print(
+        f"\n{torch.cuda.get_device_name()}: copy {copy:.0f} GB/s, {a.merge} merge; us per call (% of copy bw)"
+    )
     print("| bs | ctx | " + " | ".join(f"splits {s}" for s in a.splits) + " |")
     print("|---|---|" + "---|" * len(a.splits))
     for r in results:

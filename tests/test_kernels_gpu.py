@@ -167,6 +167,59 @@ def test_decode_attention_cascade_reads_the_step_split_count(monkeypatch, own_sp
     assert_close_rel(out, expected)
 
 
+@pytest.mark.parametrize("splits", ["1", "2", "5", "33"])
+@pytest.mark.parametrize("cascade", [False, True], ids=["plain", "cascade"])
+def test_decode_attention_merges_splits_in_kernel(monkeypatch, splits, cascade) -> None:
+    """With merge counters the last key split of each (request, KV head) merges the partials in the kernel: the
+    result matches the reference and the separate merge kernel, and every counter is zero again after the launch
+    (so a second launch, and a graph replay, count from zero)."""
+    monkeypatch.setenv("LITE_SRT_DECODE_SPLITS", splits)
+    hq, hkv, d, dtype = 32, 8, 128, torch.bfloat16
+    groups, own = [(9, 512), (1, 700), (4, 256)], [1 + (i * 53) % 400 for i in range(14)]
+    s = sum(length for _, length in groups) + sum(own) + 9
+    table, rows, lens, shared, starts, sizes = make_cascade_table(groups, own, s)
+    k_cache = torch.randn(s, hkv, d, device=DEV, dtype=dtype)
+    v_cache = torch.randn(s, hkv, d, device=DEV, dtype=dtype)
+    scale = 1 / math.sqrt(d)
+    counters = torch.zeros(4096, dtype=torch.int32, device=DEV)
+    max_shared, max_group = int(shared.max()), int(sizes.max())  # host values: read before any capture
+
+    def run(q: torch.Tensor, ctr: torch.Tensor | None) -> torch.Tensor:
+        out = torch.full_like(q, float("nan"))
+        if cascade:
+            _C.decode_attention_cascade_cuda(
+                out, q, k_cache, v_cache, table, rows, lens, scale, shared, starts, sizes, max_shared, max_group,
+                0, None, ctr,
+            )  # fmt: skip
+        else:
+            _C.decode_attention_cuda(out, q, k_cache, v_cache, table, rows, lens, scale, ctr)
+        return out
+
+    for _ in range(2):
+        q = torch.randn(len(own), hq, d, device=DEV, dtype=dtype)
+        fused = run(q, counters)
+        assert int(counters.abs().sum()) == 0, "a counter was left nonzero"
+        expected = ref.decode_attention(q.float(), k_cache.float(), v_cache.float(), table, rows, lens, scale)
+        assert_close_rel(fused, expected)
+        assert_close_rel(fused, run(q, None), tol=5e-3)  # summation order: about one bf16 ulp
+
+    # Captured once, replayed with new queries: the counters are reset by each replay's last blocks.
+    q_static = torch.randn(len(own), hq, d, device=DEV, dtype=dtype)
+    out_static = run(q_static, counters)  # warm-up outside the capture
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        out_static = run(q_static, counters)
+    torch.cuda.current_stream().wait_stream(stream)
+    for _ in range(3):
+        q_static.copy_(torch.randn_like(q_static))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert int(counters.abs().sum()) == 0
+        assert_close_rel(out_static, run(q_static, None), tol=5e-3)
+
+
 def test_decode_attention_cascade_rejects_bad_group_arguments() -> None:
     q = torch.randn(2, 8, 64, device=DEV, dtype=torch.bfloat16)
     kc = torch.randn(64, 8, 64, device=DEV, dtype=torch.bfloat16)
@@ -327,6 +380,37 @@ def test_store_kv_cuda_writes_slots_and_skips_padding(dtype) -> None:
     assert torch.equal(k_cache.isnan(), k_ref.isnan())
     assert torch.equal(torch.nan_to_num(k_cache), torch.nan_to_num(k_ref))
     assert torch.equal(torch.nan_to_num(v_cache), torch.nan_to_num(v_ref))
+
+
+@pytest.mark.parametrize("dtype", HALF_TYPES)
+@pytest.mark.parametrize("is_neox", [True, False])
+@pytest.mark.parametrize("hq,hkv,d,strided", [(32, 8, 128, True), (9, 3, 64, True), (4, 4, 6, False)])
+def test_rope_store_kv_cuda_equals_rope_then_store(dtype, is_neox, hq, hkv, d, strided) -> None:
+    """The fused kernel does exactly what RoPE followed by the KV store does, bit for bit: q and k rotated in
+    place, rotated k and v in their slots, padded entries (slot -1) leave the pool untouched. Covers the strided
+    q/k/v views the model passes and a head size whose rows are not 16-byte aligned (the scalar v copy)."""
+    t, s = 77, 1000
+    qkv = torch.randn(t, (hq + 2 * hkv) * d, device=DEV, dtype=dtype)
+    if strided:
+        q, k, v = (x.view(t, -1, d) for x in qkv.split([hq * d, hkv * d, hkv * d], dim=-1))
+    else:
+        q, k, v = (x.contiguous().view(t, -1, d) for x in qkv.split([hq * d, hkv * d, hkv * d], dim=-1))
+    inv_freq = 1.0 / 500000.0 ** (torch.arange(0, d, 2, device=DEV, dtype=torch.float32) / d)
+    freqs = torch.outer(torch.arange(8192, device=DEV, dtype=torch.float32), inv_freq)
+    cache = torch.cat((freqs.cos(), freqs.sin()), dim=-1)
+    positions = torch.randint(0, 8192, (t,), device=DEV)
+    slots = torch.randperm(s, device=DEV)[:t]
+    slots[::5] = -1
+    pools = [torch.full((s, hkv, d), float("nan"), device=DEV, dtype=dtype) for _ in range(4)]
+    q2, k2 = q.clone(), k.clone()
+    _C.rotary_embedding_cuda(positions, q2, k2, cache, is_neox)
+    _C.store_kv_cuda(pools[0], pools[1], slots, k2, v)
+    _C.rope_store_kv_cuda(positions, q, k, v, cache, is_neox, pools[2], pools[3], slots)
+    assert torch.equal(q, q2) and torch.equal(k, k2)
+    for fused, two_step in ((pools[2], pools[0]), (pools[3], pools[1])):
+        assert torch.equal(fused.isnan(), two_step.isnan())
+        assert torch.equal(torch.nan_to_num(fused), torch.nan_to_num(two_step))
+    assert not pools[2][slots[slots >= 0]].isnan().any()
 
 
 def test_cuda_ops_reject_cpu_tensors() -> None:

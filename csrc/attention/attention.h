@@ -9,11 +9,20 @@
 
 namespace lite_srt {
 
+// Zeroed int32 counters the decode kernel uses to merge its key splits in the kernel (the last block of a
+// (request, KV head) merges; every counter is back to zero when the launch ends). At least batch x KV heads x
+// head chunks of them, owned by the caller for as long as any captured graph uses them, one set per concurrently
+// running launch. ptr == nullptr (or too few): a separate merge kernel runs instead.
+struct MergeCounters {
+  int* ptr = nullptr;
+  int64_t len = 0;
+};
+
 // Scratch bytes launch_decode_attention needs for its split-K partials (0 when it does not split).
 // `cascade` (may be null) groups rows that share a prefix; kernels without a cascade path ignore it.
 int64_t decode_attention_workspace_bytes(const AttentionArgs& a, const CascadeArgs* cascade);
 void launch_decode_attention(const AttentionArgs& a, const CascadeArgs* cascade, void* workspace,
-                             cudaStream_t stream);
+                             const MergeCounters& counters, cudaStream_t stream);
 void launch_extend_attention(const AttentionArgs& a, cudaStream_t stream);
 
 // Splits of a cascade's shared keys for a step with these groups on the current device (what an eager launch

@@ -25,6 +25,7 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kMaxSplits = 64;
+constexpr int kMaxParts = kMaxSplits + 16;  // key splits + shared-prefix splits (kMaxSharedSplits)
 constexpr float kLog2e = 1.4426950408889634f;
 
 template <typename T, int D, int GMAX>
@@ -256,10 +257,90 @@ __device__ __forceinline__ int64_t part_index(const AttentionArgs& a, int64_t b,
 
 // grid = (split, KV head x head chunk, request). A request in a cascade group attends only its own keys
 // [shared_lens[b], seq_len); `parts` = 1 writes the output directly, else partials go to the workspace.
+// Rows [head0, head0 + n_heads) of request b from their `used` partials (weights 2^(lse_p - max); an empty
+// partial has lse -FLT_MAX, weight 0, and its o is not read). One warp per row, the weights staged in wgt
+// (kMaxParts floats per warp). The partials come from other blocks: read through L2, not L1.
+template <typename T, int D>
+__device__ __forceinline__ void merge_rows(const AttentionArgs& a, int64_t b, int64_t head0, int n_heads, int used,
+                                           int parts, const float* ws_out, const float* ws_lse, float* wgt) {
+  constexpr int kWarps = kMmaThreads / WARP_SIZE;
+  const int warp = threadIdx.x / WARP_SIZE;
+  const int lane = threadIdx.x % WARP_SIZE;
+  float* w = wgt + warp * kMaxParts;
+  for (int r = warp; r < n_heads; r += kWarps) {
+    const int64_t head = head0 + r;
+    const int64_t base = part_index(a, b, head, parts, 0);
+    float mx = -FLT_MAX;
+    for (int p = lane; p < used; p += WARP_SIZE) {
+      const float l = __ldcg(ws_lse + base + p);
+      w[p] = l;
+      mx = fmaxf(mx, l);
+    }
+    mx = warp_reduce_max(mx);
+    __syncwarp();
+    float den = 0.0f;
+    for (int p = lane; p < used; p += WARP_SIZE) {
+      const float wp = w[p] == -FLT_MAX ? 0.0f : exp2f(w[p] - mx);
+      w[p] = wp;
+      den += wp;
+    }
+    den = warp_reduce_sum(den);
+    __syncwarp();
+    const float inv = den > 0.0f ? 1.0f / den : 0.0f;
+    // Each lane owns kVec consecutive elements of the head. Every partial's o is loaded (the loads batch up
+    // across the unrolled loop) but an empty one's, possibly never written, is discarded by the select.
+    constexpr int kVec = D / WARP_SIZE;
+    float num[kVec] = {};
+    const float* o = ws_out + base * D + lane * kVec;
+#pragma unroll 4
+    for (int p = 0; p < used; ++p) {
+      const float wp = w[p];
+      float v[kVec];
+      if constexpr (kVec == 4) {
+        const float4 f = __ldcg(reinterpret_cast<const float4*>(o + p * D));
+        v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+      } else {
+        const float2 f = __ldcg(reinterpret_cast<const float2*>(o + p * D));
+        v[0] = f.x, v[1] = f.y;
+      }
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) num[e] += wp != 0.0f ? wp * v[e] : 0.0f;
+    }
+    T* dst = static_cast<T*>(a.out) + b * a.out_stride.row + head * a.out_stride.head + lane * kVec;
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) dst[e] = from_float<T>(num[e] * inv);
+    __syncwarp();  // every lane is done with w before the next row overwrites it
+  }
+}
+
+// The split merge inside the decode kernel: each block of a (request, head chunk) counts itself done on
+// `counter` once its partial is visible device-wide, and the last of the num_splits blocks merges the rows.
+// It also resets the counter, so the next launch finds zeros. Saves the separate merge kernel per layer.
+template <typename T, int D>
+__device__ __forceinline__ void merge_if_last(const AttentionArgs& a, int64_t b, int64_t head0, int n_heads,
+                                              int num_splits, int used, int parts, const float* ws_out,
+                                              const float* ws_lse, int* counter, unsigned char* smem_raw) {
+  __shared__ int is_last;
+  __threadfence();  // this block's partial reaches device scope before the block is counted
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int last = 1;
+    if (num_splits > 1) {
+      last = atomicAdd(counter, 1) == num_splits - 1;
+      if (last) atomicExch(counter, 0);
+    }
+    is_last = last;
+  }
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();  // the other blocks' partials are read only after their counts were seen
+  merge_rows<T, D>(a, b, head0, n_heads, used, parts, ws_out, ws_lse, reinterpret_cast<float*>(smem_raw));
+}
+
 template <typename T, int D>
 __global__ void __launch_bounds__(kMmaThreads, 2)
     decode_mma_kernel(AttentionArgs a, IndexArray kv_start, int num_splits, int parts, int chunks, float* ws_out,
-                      float* ws_lse) {
+                      float* ws_lse, int* merge_counters) {
   pdl_wait();
   pdl_launch_dependents();
   using Tile = attn::KVTile<T, D, kTileKeys>;
@@ -361,6 +442,13 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
       if (d == 0) ws_lse[part] = total_l > 0.0f ? mx + log2f(total_l) : -FLT_MAX;
     }
   }
+  if (parts > 1 && merge_counters != nullptr) {
+    // A row in a cascade group also merges its group's shared-prefix partials (written by the shared kernel,
+    // which completed before this kernel's pdl_wait returned).
+    const int used = parts > num_splits && kv_start.ptr != nullptr && kv_start[b] > 0 ? parts : num_splits;
+    merge_if_last<T, D>(a, b, head0, n_heads, num_splits, used, parts, ws_out, ws_lse,
+                        merge_counters + b * gridDim.y + blockIdx.y, smem_raw);
+  }
 }
 
 // The shared keys of a cascade group, attended once for all its rows. grid = (shared split, KV head x row chunk,
@@ -454,7 +542,6 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
 }
 #endif  // !USE_ROCM
 
-constexpr int kMaxParts = kMaxSplits + 16;  // key splits + shared-prefix splits
 
 // out = sum_p o_p * 2^(lse_p - lse) over a (request, head)'s partials: its key splits, then, for a row in a
 // cascade group, its group's shared-prefix splits. One block per (request, head), one thread per element of the
@@ -565,26 +652,43 @@ void launch_simt_gmax(const AttentionArgs& a, int splits, float* ws_out, float* 
   }
 }
 
+#if !defined(USE_ROCM)
+// The tensor-core kernels of a step: the cascade's shared pass (if any), then every row's own keys. With
+// merge_counters (non-null) the last split of each (request, head chunk) merges its rows in the kernel.
+template <typename T, int D>
+void launch_mma(const AttentionArgs& a, const CascadeArgs* c, const DecodePlan& plan, float* ws_out, float* ws_lse,
+                int* merge_counters, cudaStream_t stream) {
+  constexpr size_t smem = decode_smem_bytes<T, D>();
+  IndexArray shared_lens{nullptr, false};
+  if (plan.shared_splits > 0) {
+    shared_lens = c->shared_lens;
+    set_smem_opt_in<decode_shared_kernel<T, D>>(smem);
+    const dim3 sgrid(plan.shared_splits, static_cast<unsigned>(a.kv_heads * plan.row_chunks),
+                     static_cast<unsigned>(c->num_groups));
+    launch_kernel(decode_shared_kernel<T, D>, sgrid, kMmaThreads, smem, stream, a, *c, plan.splits,
+                  plan.parts(), plan.row_chunks, ws_out, ws_lse);
+  }
+  const dim3 grid(plan.splits, static_cast<unsigned>(a.kv_heads * plan.chunks), static_cast<unsigned>(a.batch));
+  set_smem_opt_in<decode_mma_kernel<T, D>>(smem);
+  launch_kernel(decode_mma_kernel<T, D>, grid, kMmaThreads, smem, stream, a, shared_lens, plan.splits,
+                plan.parts(), plan.chunks, ws_out, ws_lse, merge_counters);
+}
+#endif
+
 template <typename T, int D>
 void launch_typed(const AttentionArgs& a, const CascadeArgs* c, const DecodePlan& plan, float* ws_out,
-                  float* ws_lse, cudaStream_t stream) {
+                  float* ws_lse, const MergeCounters& counters, cudaStream_t stream) {
   IndexArray shared_lens{nullptr, false};
+  if (c != nullptr && plan.shared_splits > 0) shared_lens = c->shared_lens;
 #if !defined(USE_ROCM)
   if constexpr (sizeof(T) == 2) {
     if (plan.mma) {
-      constexpr size_t smem = decode_smem_bytes<T, D>();
-      if (plan.shared_splits > 0) {
-        shared_lens = c->shared_lens;
-        set_smem_opt_in<decode_shared_kernel<T, D>>(smem);
-        const dim3 sgrid(plan.shared_splits, static_cast<unsigned>(a.kv_heads * plan.row_chunks),
-                         static_cast<unsigned>(c->num_groups));
-        launch_kernel(decode_shared_kernel<T, D>, sgrid, kMmaThreads, smem, stream, a, *c, plan.splits, plan.parts(),
-                      plan.row_chunks, ws_out, ws_lse);
-      }
-      const dim3 grid(plan.splits, static_cast<unsigned>(a.kv_heads * plan.chunks), static_cast<unsigned>(a.batch));
-      set_smem_opt_in<decode_mma_kernel<T, D>>(smem);
-      launch_kernel(decode_mma_kernel<T, D>, grid, kMmaThreads, smem, stream, a, shared_lens, plan.splits,
-                    plan.parts(), plan.chunks, ws_out, ws_lse);
+      // Counters for every (request, KV head x chunk) block column, or the separate merge kernel below.
+      const bool fused = plan.parts() > 1 && counters.ptr != nullptr &&
+                         a.batch * a.kv_heads * plan.chunks <= counters.len;
+      int* ctr = fused ? counters.ptr : nullptr;
+      launch_mma<T, D>(a, c, plan, ws_out, ws_lse, ctr, stream);
+      if (fused) return;
     } else {
       launch_simt_gmax<T, D>(a, plan.splits, ws_out, ws_lse, stream);
     }
@@ -621,7 +725,7 @@ int64_t decode_attention_workspace_bytes(const AttentionArgs& a, const CascadeAr
 }
 
 void launch_decode_attention(const AttentionArgs& a, const CascadeArgs* cascade, void* workspace,
-                             cudaStream_t stream) {
+                             const MergeCounters& counters, cudaStream_t stream) {
   if (a.batch == 0) return;
   const DecodePlan plan = plan_decode(a, cascade);
   float* ws_out = static_cast<float*>(workspace);
@@ -629,9 +733,9 @@ void launch_decode_attention(const AttentionArgs& a, const CascadeArgs* cascade,
   dispatch_cuda_dtype(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     if (a.head_dim == 64) {
-      launch_typed<T, 64>(a, cascade, plan, ws_out, ws_lse, stream);
+      launch_typed<T, 64>(a, cascade, plan, ws_out, ws_lse, counters, stream);
     } else {
-      launch_typed<T, 128>(a, cascade, plan, ws_out, ws_lse, stream);
+      launch_typed<T, 128>(a, cascade, plan, ws_out, ws_lse, counters, stream);
     }
   });
   check_launch("decode_attention");

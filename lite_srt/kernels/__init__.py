@@ -120,6 +120,27 @@ def store_kv(
         op(k_cache, v_cache, slots, k, v)
 
 
+def rope_store_kv(
+    positions: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    is_neox: bool,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slots: torch.Tensor,
+) -> None:
+    """rotary_embedding(positions, q, k, ...) then store_kv(k_cache, v_cache, slots, k, v): one kernel on CUDA
+    (one launch less per layer), the two ops elsewhere."""
+    op = _native("rope_store_kv", q)
+    if op is None:
+        rotary_embedding(positions, q, k, cos_sin_cache, is_neox)
+        store_kv(k_cache, v_cache, slots, k, v)
+    else:
+        op(positions, q, k, v, cos_sin_cache, is_neox, k_cache, v_cache, slots)
+
+
 # Head dims the compiled attention kernels are built for; others use the reference.
 _NATIVE_HEAD_DIMS = (64, 128)
 
@@ -146,6 +167,31 @@ def _into(out: torch.Tensor | None, result: torch.Tensor) -> torch.Tensor:
     return out
 
 
+# The decode kernel merges its key splits itself: the last block of each (request, KV head) to finish merges,
+# counted on a zeroed int32 buffer that every launch leaves zeroed again (csrc/attention/attention.h). One buffer
+# per device, because a process runs one forward at a time per device (tensor-parallel ranks are processes).
+# Buffers are never freed: a captured graph keeps using the address it was captured with.
+# LITE_SRT_FUSED_MERGE=0 runs the separate merge kernel instead (A/B runs).
+_FUSED_MERGE = os.environ.get("LITE_SRT_FUSED_MERGE", "1") != "0"
+_MERGE_COUNTERS: dict[int, torch.Tensor] = {}
+_RETIRED_COUNTERS: list[torch.Tensor] = []
+_MIN_COUNTERS = 1 << 16
+
+
+def _merge_counters(q: torch.Tensor) -> torch.Tensor | None:
+    """The device's split-merge counters, enough for q's rows x heads (>= rows x KV heads x head chunks)."""
+    if not _FUSED_MERGE:
+        return None
+    need = q.shape[0] * q.shape[1]
+    buf = _MERGE_COUNTERS.get(q.device.index)
+    if buf is None or buf.numel() < need:
+        if buf is not None:
+            _RETIRED_COUNTERS.append(buf)
+        buf = torch.zeros(max(need, _MIN_COUNTERS), dtype=torch.int32, device=q.device)
+        _MERGE_COUNTERS[q.device.index] = buf
+    return buf
+
+
 def decode_attention(
     q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale: float, cascade=None, out=None
 ) -> torch.Tensor:
@@ -164,10 +210,11 @@ def decode_attention(
         cascade_op(
             out, q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale,
             c.shared_lens, c.group_start, c.group_size, c.max_shared, c.max_group, c.shared_splits,
-            c.split_count,
+            c.split_count, _merge_counters(q),
         )  # fmt: skip
     else:
-        op(out, q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale)
+        extra = (_merge_counters(q),) if q.is_cuda else ()
+        op(out, q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale, *extra)
     return out
 
 
