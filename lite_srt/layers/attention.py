@@ -1,4 +1,5 @@
-"""Paged attention layer: store this step's K/V into the pool, then attend through the req->token table.
+"""Paged attention layer: rotate q/k and store this step's K/V into the pool, then attend through the req->token
+table.
 
 Runs on the forward thread; it writes only the pool slots named by the batch's out_cache_loc.
 """
@@ -12,11 +13,16 @@ from torch import nn
 
 from lite_srt import kernels
 from lite_srt.engine.forward_batch import ForwardBatch, ForwardMode, MixedSplit
+from lite_srt.layers.rotary import RotaryEmbedding
 from lite_srt.mem.kv_pool import KVPool
 
 # Mixed prefill+decode steps send their decode rows to the decode kernel (LITE_SRT_SPLIT_MIXED=0: everything
 # through the extend kernel, for A/B runs; docs/BENCHMARKS.md has both).
 _SPLIT_MIXED = os.environ.get("LITE_SRT_SPLIT_MIXED", "1") != "0"
+# RoPE and the KV store in one kernel is opt-in (LITE_SRT_FUSED_ROPE_STORE=1). On the H200 it saved 20-30 us per
+# step at batch 1, 8, 32 and 48 but cost ~64 us at batch 16, between cuBLAS's split-K GEMMs, for reasons not yet
+# found (scripts/bench_decode_layer.py --with-gemms; docs/BENCHMARKS.md, session 9).
+_FUSED_ROPE_STORE = os.environ.get("LITE_SRT_FUSED_ROPE_STORE", "0") == "1"
 
 
 class PagedAttention(nn.Module):
@@ -27,11 +33,27 @@ class PagedAttention(nn.Module):
         self.scale = head_dim**-0.5
 
     def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: ForwardBatch, pool: KVPool
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        batch: ForwardBatch,
+        pool: KVPool,
+        rotary: RotaryEmbedding | None = None,
     ) -> torch.Tensor:
-        """q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq * D]."""
+        """q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq * D]. With `rotary`, q and k are rotated (at batch.positions)
+        in the same kernel that stores k and v."""
         k_cache, v_cache = pool.k_buffers[self.layer_id], pool.v_buffers[self.layer_id]
-        kernels.store_kv(k_cache, v_cache, batch.out_cache_loc, k, v)
+        if rotary is not None and not _FUSED_ROPE_STORE:
+            rotary(batch.positions, q, k)
+            rotary = None
+        if rotary is None:
+            kernels.store_kv(k_cache, v_cache, batch.out_cache_loc, k, v)
+        else:
+            kernels.rope_store_kv(
+                batch.positions, q, k, v, rotary.cos_sin_cache, rotary.is_neox, k_cache, v_cache,
+                batch.out_cache_loc,
+            )  # fmt: skip
         if batch.mode is ForwardMode.DECODE:
             out = kernels.decode_attention(
                 q,

@@ -69,9 +69,7 @@ class Attention(nn.Module):
         self.rotary = RotaryEmbedding(self.d, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
         self.attn = PagedAttention(layer_id, self.hq, self.hkv, self.d)
 
-    def forward(
-        self, x: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch, pool: KVPool
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, batch: ForwardBatch, pool: KVPool) -> torch.Tensor:
         qkv = self.qkv_proj(x)
         t = x.shape[0]
         q, k, v = qkv.split([self.hq * self.d, self.hkv * self.d, self.hkv * self.d], dim=-1)
@@ -83,8 +81,8 @@ class Attention(nn.Module):
             k = self.k_norm(k.contiguous())[0]
         # q/k/v stay strided views of qkv: RoPE, the KV store and attention take row/head strides, and copying
         # them contiguous cost 0.23 ms of a 7.2 ms decode step at batch 48 (H200, docs/BENCHMARKS.md).
-        self.rotary(positions, q, k)
-        return self.o_proj(self.attn(q, k, v, batch, pool))
+        # RoPE runs inside the attention layer, fused with the KV store.
+        return self.o_proj(self.attn(q, k, v, batch, pool, self.rotary))
 
 
 class MLP(nn.Module):
@@ -110,7 +108,7 @@ class DecoderLayer(nn.Module):
         self, x: torch.Tensor, residual: torch.Tensor | None, batch: ForwardBatch, pool: KVPool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h, residual = self.input_layernorm(x, residual)
-        h = self.self_attn(h, batch.positions, batch, pool)
+        h = self.self_attn(h, batch, pool)
         h, residual = self.post_attention_layernorm(h, residual)
         return self.mlp(h), residual
 
