@@ -138,6 +138,13 @@ def test_decode_attention_cascade_matches_reference(dtype, hq, hkv, d, groups, o
     assert_close_rel(out, plain)
 
 
+def cascade_case(groups, own, hkv: int, d: int, dtype: torch.dtype):
+    """make_cascade_table's tensors plus random K and V pools large enough for them."""
+    s = sum(length for _, length in groups) + sum(own) + 9
+    k_cache = torch.randn(s, hkv, d, device=DEV, dtype=dtype)
+    return make_cascade_table(groups, own, s), k_cache, torch.randn_like(k_cache)
+
+
 @pytest.mark.parametrize("own_splits", ["1", "3"])
 @pytest.mark.parametrize("count", [1, 2, 3, 5])
 def test_decode_attention_cascade_reads_the_step_split_count(monkeypatch, own_splits, count) -> None:
@@ -148,10 +155,7 @@ def test_decode_attention_cascade_reads_the_step_split_count(monkeypatch, own_sp
     monkeypatch.setenv("LITE_SRT_DECODE_SPLITS", own_splits)
     hq, hkv, d, dtype = 32, 8, 128, torch.bfloat16
     groups, own = [(16, 1024), (1, 300), (5, 512)], [1 + (i * 29) % 150 for i in range(22)]
-    s = sum(length for _, length in groups) + sum(own) + 9
-    table, rows, lens, shared, starts, sizes = make_cascade_table(groups, own, s)
-    k_cache = torch.randn(s, hkv, d, device=DEV, dtype=dtype)
-    v_cache = torch.randn(s, hkv, d, device=DEV, dtype=dtype)
+    (table, rows, lens, shared, starts, sizes), k_cache, v_cache = cascade_case(groups, own, hkv, d, dtype)
     q = torch.randn(len(own), hq, d, device=DEV, dtype=dtype)
     scale = 1 / math.sqrt(d)
     parts = int(own_splits) + 5
@@ -176,10 +180,7 @@ def test_decode_attention_merges_splits_in_kernel(monkeypatch, splits, cascade) 
     monkeypatch.setenv("LITE_SRT_DECODE_SPLITS", splits)
     hq, hkv, d, dtype = 32, 8, 128, torch.bfloat16
     groups, own = [(9, 512), (1, 700), (4, 256)], [1 + (i * 53) % 400 for i in range(14)]
-    s = sum(length for _, length in groups) + sum(own) + 9
-    table, rows, lens, shared, starts, sizes = make_cascade_table(groups, own, s)
-    k_cache = torch.randn(s, hkv, d, device=DEV, dtype=dtype)
-    v_cache = torch.randn(s, hkv, d, device=DEV, dtype=dtype)
+    (table, rows, lens, shared, starts, sizes), k_cache, v_cache = cascade_case(groups, own, hkv, d, dtype)
     scale = 1 / math.sqrt(d)
     counters = torch.zeros(4096, dtype=torch.int32, device=DEV)
     max_shared, max_group = int(shared.max()), int(sizes.max())  # host values: read before any capture
