@@ -255,8 +255,6 @@ __device__ __forceinline__ int64_t part_index(const AttentionArgs& a, int64_t b,
   return (b * a.q_heads + head) * parts + p;
 }
 
-// grid = (split, KV head x head chunk, request). A request in a cascade group attends only its own keys
-// [shared_lens[b], seq_len); `parts` = 1 writes the output directly, else partials go to the workspace.
 // Rows [head0, head0 + n_heads) of request b from their `used` partials (weights 2^(lse_p - max); an empty
 // partial has lse -FLT_MAX, weight 0, and its o is not read). One warp per row, the weights staged in wgt
 // (kMaxParts floats per warp). The partials come from other blocks: read through L2, not L1.
@@ -337,6 +335,9 @@ __device__ __forceinline__ void merge_if_last(const AttentionArgs& a, int64_t b,
   merge_rows<T, D>(a, b, head0, n_heads, used, parts, ws_out, ws_lse, reinterpret_cast<float*>(smem_raw));
 }
 
+// grid = (split, KV head x head chunk, request). A request in a cascade group attends only its own keys
+// [shared_lens[b], seq_len); `parts` = 1 writes the output directly, else partials go to the workspace;
+// with merge_counters, the last split of each (request, head chunk) merges them (merge_if_last).
 template <typename T, int D>
 __global__ void __launch_bounds__(kMmaThreads, 2)
     decode_mma_kernel(AttentionArgs a, IndexArray kv_start, int num_splits, int parts, int chunks, float* ws_out,

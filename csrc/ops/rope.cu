@@ -62,9 +62,9 @@ __global__ void rope_kernel(RopeArgs a, StoreKVArgs st, bool v_vec) {
   const int64_t half = a.head_dim / 2;
   for (int64_t i = threadIdx.x; i < a.head_dim; i += blockDim.x) cos_sin[i] = a.cos_sin[pos * a.head_dim + i];
   __syncthreads();
+  const int64_t slot = kStore ? st.slots[t] : -1;  // -1: nothing stored (padded entry, or plain RoPE)
   if constexpr (kVec8) {
     const int64_t chunks = half / 8;  // per head
-    const int64_t slot = kStore ? st.slots[t] : -1;
     for (int64_t u = threadIdx.x; u < (a.q_heads + a.kv_heads) * chunks; u += blockDim.x) {
       const int64_t head = u / chunks;
       const int64_t i = (u % chunks) * 8;
@@ -96,22 +96,13 @@ __global__ void rope_kernel(RopeArgs a, StoreKVArgs st, bool v_vec) {
     const T y2 = from_float<T>(x2 * c + x1 * s);
     *p1 = y1;
     *p2 = y2;
-    if constexpr (kStore) {
-      if (head >= a.q_heads) {
-        const int64_t slot = st.slots[t];
-        if (slot >= 0) {
-          T* dst = static_cast<T*>(st.k_cache) + slot * st.k_cache_stride.row +
-                   (head - a.q_heads) * st.k_cache_stride.head;
-          dst[a.is_neox ? i : 2 * i] = y1;
-          dst[a.is_neox ? i + half : 2 * i + 1] = y2;
-        }
-      }
+    if (head >= a.q_heads && slot >= 0) {
+      T* dst = static_cast<T*>(st.k_cache) + slot * st.k_cache_stride.row + (head - a.q_heads) * st.k_cache_stride.head;
+      dst[a.is_neox ? i : 2 * i] = y1;
+      dst[a.is_neox ? i + half : 2 * i + 1] = y2;
     }
   }
-  if constexpr (kStore) {
-    const int64_t slot = st.slots[t];
-    if (slot >= 0) store_v_row<T>(st, t, slot, v_vec);
-  }
+  if (slot >= 0) store_v_row<T>(st, t, slot, v_vec);
 }
 
 template <typename T>

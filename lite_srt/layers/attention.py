@@ -44,16 +44,15 @@ class PagedAttention(nn.Module):
         """q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq * D]. With `rotary`, q and k are rotated (at batch.positions)
         in the same kernel that stores k and v."""
         k_cache, v_cache = pool.k_buffers[self.layer_id], pool.v_buffers[self.layer_id]
-        if rotary is not None and not _FUSED_ROPE_STORE:
-            rotary(batch.positions, q, k)
-            rotary = None
-        if rotary is None:
-            kernels.store_kv(k_cache, v_cache, batch.out_cache_loc, k, v)
-        else:
+        if rotary is not None and _FUSED_ROPE_STORE:
             kernels.rope_store_kv(
                 batch.positions, q, k, v, rotary.cos_sin_cache, rotary.is_neox, k_cache, v_cache,
                 batch.out_cache_loc,
             )  # fmt: skip
+        else:
+            if rotary is not None:
+                rotary(batch.positions, q, k)
+            kernels.store_kv(k_cache, v_cache, batch.out_cache_loc, k, v)
         if batch.mode is ForwardMode.DECODE:
             out = kernels.decode_attention(
                 q,
