@@ -174,7 +174,7 @@ def variant_rows(fn: Callable[[], object], shape: str, flops: float, d: int) -> 
     """The same call with each other tensor-core kernel forced (LITE_SRT_EXTEND_KERNEL, read on every launch),
     so one run shows the sm_90a wgmma kernels beside the portable mma.sync kernel that sm_80 builds take."""
     rows = []
-    for kernel in ("wgmma", "wgmma128", "wgmma1", "wgmma_ws", "mma32" if d <= 64 else "mma16"):
+    for kernel in ("wgmma", "wgmma128", "wgmma1", "wgmma_ws", "wgmma_ws64", "mma32" if d <= 64 else "mma16"):
         os.environ["LITE_SRT_EXTEND_KERNEL"] = kernel
         try:
             ms = bench(fn)

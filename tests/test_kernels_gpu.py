@@ -171,13 +171,20 @@ def test_decode_attention_cascade_reads_the_step_split_count(monkeypatch, own_sp
     assert_close_rel(out, expected)
 
 
-@pytest.mark.parametrize("splits", ["1", "2", "5", "33"])
+@pytest.mark.parametrize("splits", ["1", "2", "5", "33", "keys64", "keys128-waves8", "keys300-waves2"])
 @pytest.mark.parametrize("cascade", [False, True], ids=["plain", "cascade"])
 def test_decode_attention_merges_splits_in_kernel(monkeypatch, splits, cascade) -> None:
     """With merge counters the last key split of each (request, KV head) merges the partials in the kernel: the
     result matches the reference and the separate merge kernel, and every counter is zero again after the launch
-    (so a second launch, and a graph replay, count from zero)."""
-    monkeypatch.setenv("LITE_SRT_DECODE_SPLITS", splits)
+    (so a second launch, and a graph replay, count from zero). "keysN[-wavesW]": the plan's own rule with one
+    split per N keys, so requests of one launch use different split counts (a one-split row writes its output
+    directly, the others merge) and the grid's extra splits leave at once."""
+    if splits.startswith("keys"):
+        keys, _, waves = splits.removeprefix("keys").partition("-waves")
+        monkeypatch.setenv("LITE_SRT_DECODE_MIN_KEYS", keys)
+        monkeypatch.setenv("LITE_SRT_DECODE_WAVES", waves or "3")
+    else:
+        monkeypatch.setenv("LITE_SRT_DECODE_SPLITS", splits)
     hq, hkv, d, dtype = 32, 8, 128, torch.bfloat16
     groups, own = [(9, 512), (1, 700), (4, 256)], [1 + (i * 53) % 400 for i in range(14)]
     (table, rows, lens, shared, starts, sizes), k_cache, v_cache = cascade_case(groups, own, hkv, d, dtype)

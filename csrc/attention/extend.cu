@@ -462,8 +462,11 @@ __device__ __forceinline__ void issue_qk(float (&s)[kKeys / 8][4], const uint32_
 }
 
 // The same with Q in shared memory (this warpgroup's 64 rows, swizzled [D / 64][64][64]) as the A operand.
-template <typename T, int D, int kKeys>
+// kWide (128-key tiles): one m64n128k16 per step over all the tile's keys, which are 128 consecutive 128-byte rows
+// of each column block, so Q is read from shared memory once per step instead of twice.
+template <typename T, int D, int kKeys, bool kWide = false>
 __device__ __forceinline__ void issue_qk_ss(float (&s)[kKeys / 8][4], uint32_t q_addr, uint32_t k_addr) {
+  static_assert(!kWide || kKeys == 128, "the wide form covers a 128-key tile");
 #pragma unroll
   for (int n = 0; n < kKeys / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
   attn::fence_regs(s);
@@ -471,11 +474,16 @@ __device__ __forceinline__ void issue_qk_ss(float (&s)[kKeys / 8][4], uint32_t q
 #pragma unroll
   for (int kk = 0; kk < D / 16; ++kk) {
     const uint64_t desc_a = attn::sw128_desc(q_addr + (kk >> 2) * (64 * 128) + (kk & 3) * 32, 16, 1024);
+    if constexpr (kWide) {
+      const uint64_t desc = attn::sw128_desc(k_addr + (kk >> 2) * (kKeys * 128) + (kk & 3) * 32, 16, 1024);
+      attn::wgmma_m64n128k16_ss<T, 0>(*reinterpret_cast<float(*)[16][4]>(&s[0][0]), desc_a, desc);
+    } else {
 #pragma unroll
-    for (int h = 0; h < kKeys / 64; ++h) {
-      const uint64_t desc =
-          attn::sw128_desc(k_addr + (kk >> 2) * (kKeys * 128) + h * (64 * 128) + (kk & 3) * 32, 16, 1024);
-      attn::wgmma_m64n64k16_ss<T, 0>(*reinterpret_cast<float(*)[8][4]>(&s[h * 8][0]), desc_a, desc);
+      for (int h = 0; h < kKeys / 64; ++h) {
+        const uint64_t desc =
+            attn::sw128_desc(k_addr + (kk >> 2) * (kKeys * 128) + h * (64 * 128) + (kk & 3) * 32, 16, 1024);
+        attn::wgmma_m64n64k16_ss<T, 0>(*reinterpret_cast<float(*)[8][4]>(&s[h * 8][0]), desc_a, desc);
+      }
     }
   }
   attn::wgmma_commit();
@@ -483,20 +491,29 @@ __device__ __forceinline__ void issue_qk_ss(float (&s)[kKeys / 8][4], uint32_t q
 
 // O[64 x D] += P V for one warpgroup (P as A fragments of kKeys / 16 16-key steps), issued and committed, not
 // waited for.
-template <typename T, int D, int kKeys>
+// kWide (D = 128): one m64n128k16 per 16 keys spans both 64-wide column blocks of V; o[2][8][4] is then the
+// instruction's [16][4] accumulator, column block by column block.
+template <typename T, int D, int kKeys, bool kWide = false>
 __device__ __forceinline__ void issue_pv(float (&o)[D / 64][8][4], const uint32_t (&pa)[kKeys / 16][4],
                                          uint32_t v_addr) {
+  static_assert(!kWide || D == 128, "the wide form covers d = 128");
 #pragma unroll
   for (int c = 0; c < D / 64; ++c) attn::fence_regs(o[c]);
   attn::wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < kKeys / 16; ++kk) {
+    if constexpr (kWide) {
+      // MN-major B over two column blocks: the leading offset steps from one to the next (kKeys rows of 128 B).
+      const uint64_t desc = attn::sw128_desc(v_addr + kk * 16 * 128, kKeys * 128, 1024);
+      attn::wgmma_m64n128k16_rs<T, 1>(*reinterpret_cast<float(*)[16][4]>(&o[0][0][0]), pa[kk], desc);
+    } else {
 #pragma unroll
-    for (int c = 0; c < D / 64; ++c) {
-      // MN-major B: 16 keys = 16 rows of 128 bytes per step; one 64-wide column block per instruction, so the
-      // leading (column-block) offset is never used and the 8-row stride is 1024 bytes.
-      const uint64_t desc = attn::sw128_desc(v_addr + c * (kKeys * 128) + kk * 16 * 128, 1024, 1024);
-      attn::wgmma_m64n64k16_rs<T, 1>(o[c], pa[kk], desc);
+      for (int c = 0; c < D / 64; ++c) {
+        // MN-major B: 16 keys = 16 rows of 128 bytes per step; one 64-wide column block per instruction, so the
+        // leading (column-block) offset is never used and the 8-row stride is 1024 bytes.
+        const uint64_t desc = attn::sw128_desc(v_addr + c * (kKeys * 128) + kk * 16 * 128, 1024, 1024);
+        attn::wgmma_m64n64k16_rs<T, 1>(o[c], pa[kk], desc);
+      }
     }
   }
   attn::wgmma_commit();
@@ -720,7 +737,9 @@ __global__ void __launch_bounds__(kMmaThreads, 1) extend_wgmma_kernel(AttentionA
 // threads have arrived after the wgmma that read the stage completed. Consumers keep the kOverlap schedule (P V
 // of tile j - 1 behind S of tile j), so a stage is held one tile past its S: of the 3 stages, 2 are read and one
 // is being filled. Ping-pong: named barriers 2 and 3 hand the tensor cores from one consumer warpgroup to the
-// other at every tile, so one's softmax runs under the other's products. Causal skips stay per warpgroup, but a
+// other at every tile, so one's softmax runs under the other's products. Both products run on m64n128k16
+// instructions (kWide; the m64n64 form, kept for A/B as LITE_SRT_EXTEND_KERNEL=wgmma_ws64, reads Q from shared
+// memory twice as often: 1-3% slower on an H100, 3-6% on an H200). Causal skips stay per warpgroup, but a
 // consumer goes through the full/empty and ping-pong handshakes of every tile of the block, computed or not.
 constexpr int kWsThreads = 384;  // producer warpgroup + 2 consumer warpgroups
 constexpr int kWsKeys = 128;
@@ -759,7 +778,7 @@ __device__ __forceinline__ void issue_kv_tile_sw128_wg(int tid, T* ks, T* vs, co
   }
 }
 
-template <typename T, int D>
+template <typename T, int D, bool kWide>
 __global__ void __launch_bounds__(kWsThreads, 1) extend_wgmma_ws_kernel(AttentionArgs a, int tiles_bound) {
 #if defined(LITE_SRT_SM90A)
   constexpr int kKeys = kWsKeys;
@@ -868,7 +887,10 @@ __global__ void __launch_bounds__(kWsThreads, 1) extend_wgmma_ws_kernel(Attentio
   const int64_t tr0 = tw + g, tr1 = tr0 + 8;
   const int64_t first_limit = prefix + tw;  // keys <= this are visible to every row of the warp
   const int64_t tg = t0 + cw * 64;
-  const int wg_tiles = tg < n_ext ? static_cast<int>(min(prefix + tg + 63, kv_end - 1) / kKeys) + 1 : 0;
+  // Broadcast from lane 0 so ptxas can prove the tile count warp-uniform: a branch on it inside a wgmma's
+  // flight is otherwise "divergent", and ptxas then serializes every wgmma of the kernel.
+  const int wg_tiles = __shfl_sync(
+      0xffffffffu, tg < n_ext ? static_cast<int>(min(prefix + tg + 63, kv_end - 1) / kKeys) + 1 : 0, 0);
   const uint32_t q_addr = attn::smem_u32(qs + cw * 64 * D);
 
   // Ping-pong: consumer cw takes its turn on barrier 2 + cw before issuing a tile's products and hands the turn
@@ -895,8 +917,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) extend_wgmma_ws_kernel(Attentio
     const int prev = it > 0 ? it - 1 : 0;
     float s[kKeys / 8][4];
     attn::named_bar_sync(bar_mine, 2 * kWg);
-    issue_qk_ss<T, D, kKeys>(s, q_addr, attn::smem_u32(ks + stage * kTileElems));
-    issue_pv<T, D, kKeys>(o, pa, attn::smem_u32(vs + (prev % kWsStages) * kTileElems));
+    issue_qk_ss<T, D, kKeys, kWide>(s, q_addr, attn::smem_u32(ks + stage * kTileElems));
+    issue_pv<T, D, kKeys, kWide>(o, pa, attn::smem_u32(vs + (prev % kWsStages) * kTileElems));
     if (cw == 0 || it + 1 < n_tiles) attn::named_bar_arrive(bar_other, 2 * kWg);
     attn::wgmma_wait<1>();  // S is done; the P V product of the previous tile may still run
     attn::fence_regs(s);
@@ -904,6 +926,8 @@ __global__ void __launch_bounds__(kWsThreads, 1) extend_wgmma_ws_kernel(Attentio
     mask_tile<kKeys>(s, static_cast<int64_t>(it) * kKeys, first_limit, kv_end, prefix, tr0, tr1, tig);
     float alpha0, alpha1;
     attn::softmax_probs<kKeys / 8>(s, st, qk_scale, alpha0, alpha1);
+    // ptxas places this wait above the softmax (a tile's P V does not run under its own warpgroup's softmax,
+    // only under the other's). Forcing the order (the wait behind the loop test) measured no faster on an H100.
     attn::wgmma_wait<0>();
     attn::fence_regs_u32(pa);  // keeps the previous P's registers untouched until the wgmma reading them is done
     // Tile it - 1 is read no more (its S completed last tile, its P V just now): this thread releases its stage.
@@ -921,7 +945,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) extend_wgmma_ws_kernel(Attentio
     // The last computed tile's P V; its stage is held (not released) until this completes. A warpgroup with no
     // tile has no rows to write and no stage to release.
     const int last = wg_tiles - 1;
-    issue_pv<T, D, kKeys>(o, pa, attn::smem_u32(vs + (last % kWsStages) * kTileElems));
+    issue_pv<T, D, kKeys, kWide>(o, pa, attn::smem_u32(vs + (last % kWsStages) * kTileElems));
     attn::wgmma_wait<0>();
 #pragma unroll
     for (int c = 0; c < kChunksD; ++c) attn::fence_regs(o[c]);
@@ -1005,9 +1029,9 @@ __global__ void extend_simt_kernel(AttentionArgs a) {
 // ahead of every wgmma variant).
 // LITE_SRT_EXTEND_KERNEL = mma16 | mma32 | wgmma (overlapped, 64-key tiles) | wgmma128 (overlapped, 128-key tiles,
 // Q in shared memory) | wgmma1 (not overlapped) | wgmma_ws (warp-specialized, ping-pong; d=128 only, mma32 at
-// d=64) forces one (the wgmma ones only where available), for A/B benchmarks and tests; it is read on every
+// d=64) | wgmma_ws64 (the same on m64n64 instructions, as before the 128-column shapes) forces one (the wgmma ones only where available), for A/B benchmarks and tests; it is read on every
 // launch so a benchmark can switch it between calls.
-enum class ExtendKernel { kMma16, kMma32, kWgmma, kWgmma128, kWgmmaSimple, kWgmmaWs };
+enum class ExtendKernel { kMma16, kMma32, kWgmma, kWgmma128, kWgmmaSimple, kWgmmaWs, kWgmmaWs64 };
 
 #if !defined(USE_ROCM)
 // True when Kernel was loaded from sm_90a machine code on a compute capability 9.x device (a build without the
@@ -1046,9 +1070,10 @@ ExtendKernel choose_kernel() {
   if (forced == "wgmma128") return wgmma ? ExtendKernel::kWgmma128 : portable;
   bool ws = false;  // the warp-specialized kernel: d = 128 only
 #if !defined(USE_ROCM)
-  if constexpr (D > 64) ws = has_sm90a_code<extend_wgmma_ws_kernel<T, D>>();
+  if constexpr (D > 64) ws = has_sm90a_code<extend_wgmma_ws_kernel<T, D, true>>();
 #endif
   if (forced == "wgmma_ws") return ws ? ExtendKernel::kWgmmaWs : portable;
+  if (forced == "wgmma_ws64") return ws ? ExtendKernel::kWgmmaWs64 : portable;
   // Default on Hopper at d = 128: wgmma_ws, 5-9% above wgmma128 on every extend row of bench_kernels (H200,
   // docs/BENCHMARKS.md session 7). At d = 64 the 64-key mma.sync kernel still beats every wgmma variant.
   if (ws) return ExtendKernel::kWgmmaWs;
@@ -1064,14 +1089,14 @@ void launch_wgmma(const AttentionArgs& a, dim3 grid, int tiles, cudaStream_t str
 #endif
 }
 
-template <typename T, int D>
+template <typename T, int D, bool kWide>
 void launch_wgmma_ws(const AttentionArgs& a, dim3 grid, int tiles, cudaStream_t stream) {
 #if !defined(USE_ROCM)
   constexpr size_t smem = extend_ws_smem_bytes<T, D>();
   // 227 KB opt-in limit, less the kernel's static shared memory (tile_info and the mbarriers).
   static_assert(smem + 64 <= 227 * 1024, "wgmma_ws shared memory");
-  set_smem_opt_in<extend_wgmma_ws_kernel<T, D>>(smem);
-  extend_wgmma_ws_kernel<T, D><<<grid, kWsThreads, smem, stream>>>(a, tiles);
+  set_smem_opt_in<extend_wgmma_ws_kernel<T, D, kWide>>(smem);
+  extend_wgmma_ws_kernel<T, D, kWide><<<grid, kWsThreads, smem, stream>>>(a, tiles);
 #endif
 }
 
@@ -1093,7 +1118,10 @@ void launch_typed(const AttentionArgs& a, cudaStream_t stream) {
         launch_wgmma<T, D, false, 64>(a, grid, static_cast<int>(tiles), stream);
         break;
       case ExtendKernel::kWgmmaWs:  // chosen only for D > 64
-        if constexpr (D > 64) launch_wgmma_ws<T, D>(a, grid, static_cast<int>(tiles), stream);
+        if constexpr (D > 64) launch_wgmma_ws<T, D, true>(a, grid, static_cast<int>(tiles), stream);
+        break;
+      case ExtendKernel::kWgmmaWs64:
+        if constexpr (D > 64) launch_wgmma_ws<T, D, false>(a, grid, static_cast<int>(tiles), stream);
         break;
       case ExtendKernel::kMma32: {
         constexpr size_t smem = extend_w2_smem_bytes<T, D>();
