@@ -274,7 +274,9 @@ def test_extend_attention_cuda_matches_reference(dtype, hq, hkv, d, ext, prefix)
     assert_close_rel(out, expected)
 
 
-@pytest.mark.parametrize("kernel", ["mma16", "mma32", "wgmma", "wgmma128", "wgmma1", "wgmma_ws"])
+@pytest.mark.parametrize(
+    "kernel", ["mma16", "mma32", "wgmma", "wgmma128", "wgmma1", "wgmma_ws", "wgmma_ws64"]
+)
 @pytest.mark.parametrize("dtype", HALF_TYPES)
 @pytest.mark.parametrize("hq,hkv,d", [(32, 8, 128), (9, 3, 64)])
 @pytest.mark.parametrize(

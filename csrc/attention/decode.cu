@@ -1,6 +1,6 @@
 // Paged decode attention: one query token per request, K/V gathered through req_to_token.
 //
-// Tensor-core path (fp16/bf16, NVIDIA sm_80+): grid = (split, KV head x chunk of <= 16 query heads, request).
+// Tensor-core path (fp16/bf16, NVIDIA sm_80+): grid = (KV head x chunk of <= 16 query heads, request, split).
 // The query heads of a GQA group are the rows of one 16-row mma tile, so every K/V row is read from HBM once
 // for the whole group. The block streams its split of the keys in 64-key tiles gathered with cp.async into a
 // 3-stage shared-memory ring (the slot indices of later tiles are prefetched into shared memory, so no load
@@ -25,8 +25,27 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kMaxSplits = 64;
+// Long contexts past the one-wave split count (plan_decode, request_splits): off by default. With
+// LITE_SRT_DECODE_WAVES=3 a 4-8k-key request at 8-48 rows runs 10-25% faster, but the grid's unused splits cost
+// ~3 us per launch at 1-2k keys (H200, docs/BENCHMARKS.md session 10), the common serving case.
+constexpr int kLongWaves = 1;        // most waves of blocks long contexts may take
+constexpr int kMinSplitKeys = 2048;  // keys per split past the one-wave count
 constexpr int kMaxParts = kMaxSplits + 16;  // key splits + shared-prefix splits (kMaxSharedSplits)
 constexpr float kLog2e = 1.4426950408889634f;
+
+// How many of the grid's key splits a request uses. The plan's `base` count fills about one wave of blocks; a
+// long context takes one split per `min_keys` keys beyond that, up to the grid's (larger) split count, so a few
+// long requests still spread over the GPU. min_keys = 0: every request uses all of them (the SIMT kernel).
+struct SplitRule {
+  int base = 0;
+  int min_keys = 0;
+};
+
+__device__ __forceinline__ int request_splits(int64_t keys, int num_splits, SplitRule rule) {
+  if (rule.min_keys <= 0) return num_splits;
+  const int64_t want = max(static_cast<int64_t>(rule.base), keys / rule.min_keys);
+  return static_cast<int>(max(static_cast<int64_t>(1), min(static_cast<int64_t>(num_splits), want)));
+}
 
 template <typename T, int D, int GMAX>
 __global__ void __launch_bounds__(kThreads) decode_simt_kernel(AttentionArgs a, int num_splits, float* ws_out,
@@ -255,22 +274,32 @@ __device__ __forceinline__ int64_t part_index(const AttentionArgs& a, int64_t b,
   return (b * a.q_heads + head) * parts + p;
 }
 
-// Rows [head0, head0 + n_heads) of request b from their `used` partials (weights 2^(lse_p - max); an empty
-// partial has lse -FLT_MAX, weight 0, and its o is not read). One warp per row, the weights staged in wgt
-// (kMaxParts floats per warp). The partials come from other blocks: read through L2, not L1.
+// Which partials a row merges: its first `keys` key splits (a request may use fewer than the grid's num_splits),
+// then, for a row in a cascade group, the `shared` shared-prefix splits stored from part num_splits on.
+struct MergeParts {
+  int keys, num_splits, shared;
+  __device__ __forceinline__ int count() const { return keys + shared; }
+  __device__ __forceinline__ int part(int q) const { return q < keys ? q : num_splits + (q - keys); }
+};
+
+// Rows [head0, head0 + n_heads) of request b from their partials (weights 2^(lse_p - max); an empty partial has
+// lse -FLT_MAX, weight 0, and its o is not read). One warp per row, the weights staged in wgt (kMaxParts floats
+// per warp). The partials come from other blocks: read through L2, not L1.
 template <typename T, int D>
-__device__ __forceinline__ void merge_rows(const AttentionArgs& a, int64_t b, int64_t head0, int n_heads, int used,
-                                           int parts, const float* ws_out, const float* ws_lse, float* wgt) {
+__device__ __forceinline__ void merge_rows(const AttentionArgs& a, int64_t b, int64_t head0, int n_heads,
+                                           MergeParts mp, int parts, const float* ws_out, const float* ws_lse,
+                                           float* wgt) {
   constexpr int kWarps = kMmaThreads / WARP_SIZE;
   const int warp = threadIdx.x / WARP_SIZE;
   const int lane = threadIdx.x % WARP_SIZE;
+  const int used = mp.count();
   float* w = wgt + warp * kMaxParts;
   for (int r = warp; r < n_heads; r += kWarps) {
     const int64_t head = head0 + r;
     const int64_t base = part_index(a, b, head, parts, 0);
     float mx = -FLT_MAX;
     for (int p = lane; p < used; p += WARP_SIZE) {
-      const float l = __ldcg(ws_lse + base + p);
+      const float l = __ldcg(ws_lse + base + mp.part(p));
       w[p] = l;
       mx = fmaxf(mx, l);
     }
@@ -295,10 +324,10 @@ __device__ __forceinline__ void merge_rows(const AttentionArgs& a, int64_t b, in
       const float wp = w[p];
       float v[kVec];
       if constexpr (kVec == 4) {
-        const float4 f = __ldcg(reinterpret_cast<const float4*>(o + p * D));
+        const float4 f = __ldcg(reinterpret_cast<const float4*>(o + mp.part(p) * D));
         v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
       } else {
-        const float2 f = __ldcg(reinterpret_cast<const float2*>(o + p * D));
+        const float2 f = __ldcg(reinterpret_cast<const float2*>(o + mp.part(p) * D));
         v[0] = f.x, v[1] = f.y;
       }
 #pragma unroll
@@ -312,19 +341,19 @@ __device__ __forceinline__ void merge_rows(const AttentionArgs& a, int64_t b, in
 }
 
 // The split merge inside the decode kernel: each block of a (request, head chunk) counts itself done on
-// `counter` once its partial is visible device-wide, and the last of the num_splits blocks merges the rows.
-// It also resets the counter, so the next launch finds zeros. Saves the separate merge kernel per layer.
+// `counter` once its partial is visible device-wide, and the last of the request's mp.keys blocks merges the
+// rows. It also resets the counter, so the next launch finds zeros. Saves the separate merge kernel per layer.
 template <typename T, int D>
 __device__ __forceinline__ void merge_if_last(const AttentionArgs& a, int64_t b, int64_t head0, int n_heads,
-                                              int num_splits, int used, int parts, const float* ws_out,
-                                              const float* ws_lse, int* counter, unsigned char* smem_raw) {
+                                              MergeParts mp, int parts, const float* ws_out, const float* ws_lse,
+                                              int* counter, unsigned char* smem_raw) {
   __shared__ int is_last;
   __threadfence();  // this block's partial reaches device scope before the block is counted
   __syncthreads();
   if (threadIdx.x == 0) {
     int last = 1;
-    if (num_splits > 1) {
-      last = atomicAdd(counter, 1) == num_splits - 1;
+    if (mp.keys > 1) {
+      last = atomicAdd(counter, 1) == mp.keys - 1;
       if (last) atomicExch(counter, 0);
     }
     is_last = last;
@@ -332,16 +361,17 @@ __device__ __forceinline__ void merge_if_last(const AttentionArgs& a, int64_t b,
   __syncthreads();
   if (!is_last) return;
   __threadfence();  // the other blocks' partials are read only after their counts were seen
-  merge_rows<T, D>(a, b, head0, n_heads, used, parts, ws_out, ws_lse, reinterpret_cast<float*>(smem_raw));
+  merge_rows<T, D>(a, b, head0, n_heads, mp, parts, ws_out, ws_lse, reinterpret_cast<float*>(smem_raw));
 }
 
-// grid = (split, KV head x head chunk, request). A request in a cascade group attends only its own keys
-// [shared_lens[b], seq_len); `parts` = 1 writes the output directly, else partials go to the workspace;
+// grid = (KV head x head chunk, request, split). A request in a cascade group attends only its own keys
+// [shared_lens[b], seq_len), over request_splits(...) of the grid's num_splits (the other blocks leave at once).
+// A request on one split and no shared prefix writes the output directly, else partials go to the workspace;
 // with merge_counters, the last split of each (request, head chunk) merges them (merge_if_last).
 template <typename T, int D>
 __global__ void __launch_bounds__(kMmaThreads, 2)
-    decode_mma_kernel(AttentionArgs a, IndexArray kv_start, int num_splits, int parts, int chunks, float* ws_out,
-                      float* ws_lse, int* merge_counters) {
+    decode_mma_kernel(AttentionArgs a, IndexArray kv_start, int num_splits, SplitRule rule, int parts, int chunks,
+                      float* ws_out, float* ws_lse, int* merge_counters) {
   pdl_wait();
   pdl_launch_dependents();
   using Tile = attn::KVTile<T, D, kTileKeys>;
@@ -349,16 +379,20 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
   constexpr int kWarps = kMmaThreads / WARP_SIZE;
   extern __shared__ __align__(16) unsigned char smem_raw[];
 
-  const int64_t b = blockIdx.z;
+  const int64_t b = blockIdx.y;
   const int64_t group = a.q_heads / a.kv_heads;
-  const int64_t kvh = blockIdx.y / chunks;
-  const int64_t head0 = kvh * group + (blockIdx.y % chunks) * kMaxRows;
+  const int64_t kvh = blockIdx.x / chunks;
+  const int64_t head0 = kvh * group + (blockIdx.x % chunks) * kMaxRows;
   const int n_heads = static_cast<int>(min(static_cast<int64_t>(kMaxRows), kvh * group + group - head0));
   const int64_t seq_len = a.seq_lens[b];
   const int64_t start = kv_start.ptr != nullptr ? min(kv_start[b], seq_len) : 0;
+  const int splits = request_splits(seq_len - start, num_splits, rule);
+  if (static_cast<int>(blockIdx.z) >= splits) return;  // the whole block leaves, before any barrier
+  const bool shared_row = parts > num_splits && kv_start.ptr != nullptr && kv_start[b] > 0;
+  const bool direct = splits == 1 && !shared_row;
   // Tile-aligned splits, so only a split's last tile is partial.
-  const int64_t per_split = ceil_div(ceil_div(seq_len - start, num_splits), kTileKeys) * kTileKeys;
-  const int64_t j_begin = start + blockIdx.x * per_split;
+  const int64_t per_split = ceil_div(ceil_div(seq_len - start, splits), kTileKeys) * kTileKeys;
+  const int64_t j_begin = start + blockIdx.z * per_split;
   const int64_t j_end = min(seq_len, j_begin + per_split);
   const int64_t table_row = a.req_pool_indices[b] * a.req_to_token_stride;
 
@@ -435,20 +469,20 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
     }
     const float out = total_l > 0.0f ? total_o / total_l : 0.0f;  // an empty context gives zeros, as the reference
     const int64_t head = head0 + r;
-    if (parts == 1) {
+    if (direct) {
       static_cast<T*>(a.out)[b * a.out_stride.row + head * a.out_stride.head + d] = from_float<T>(out);
     } else {
-      const int64_t part = part_index(a, b, head, parts, blockIdx.x);
+      const int64_t part = part_index(a, b, head, parts, blockIdx.z);
       ws_out[part * D + d] = out;
       if (d == 0) ws_lse[part] = total_l > 0.0f ? mx + log2f(total_l) : -FLT_MAX;
     }
   }
-  if (parts > 1 && merge_counters != nullptr) {
+  if (!direct && merge_counters != nullptr) {
     // A row in a cascade group also merges its group's shared-prefix partials (written by the shared kernel,
     // which completed before this kernel's pdl_wait returned).
-    const int used = parts > num_splits && kv_start.ptr != nullptr && kv_start[b] > 0 ? parts : num_splits;
-    merge_if_last<T, D>(a, b, head0, n_heads, num_splits, used, parts, ws_out, ws_lse,
-                        merge_counters + b * gridDim.y + blockIdx.y, smem_raw);
+    const MergeParts mp{splits, num_splits, shared_row ? parts - num_splits : 0};
+    merge_if_last<T, D>(a, b, head0, n_heads, mp, parts, ws_out, ws_lse, merge_counters + b * gridDim.x + blockIdx.x,
+                        smem_raw);
   }
 }
 
@@ -548,8 +582,8 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
 // cascade group, its group's shared-prefix splits. One block per (request, head), one thread per element of the
 // head; the weights are computed once into shared memory (an empty partial has lse -FLT_MAX and weight 0).
 template <typename T>
-__global__ void merge_splits_kernel(AttentionArgs a, IndexArray shared_lens, int num_splits, int parts,
-                                    const float* ws_out, const float* ws_lse) {
+__global__ void merge_splits_kernel(AttentionArgs a, IndexArray shared_lens, int num_splits, SplitRule rule,
+                                    int parts, const float* ws_out, const float* ws_lse) {
   __shared__ float wgt[kMaxParts];
   __shared__ float inv_den;
   pdl_wait();
@@ -557,9 +591,14 @@ __global__ void merge_splits_kernel(AttentionArgs a, IndexArray shared_lens, int
   const int64_t bh = blockIdx.x;
   const int64_t b = bh / a.q_heads;
   const int64_t head = bh % a.q_heads;
-  const int used = parts > num_splits && shared_lens[b] > 0 ? parts : num_splits;
+  const int64_t seq_len = a.seq_lens[b];
+  const bool shared_row = parts > num_splits && shared_lens[b] > 0;
+  const int splits = request_splits(seq_len - (shared_row ? min(shared_lens[b], seq_len) : 0), num_splits, rule);
+  if (splits == 1 && !shared_row) return;  // the decode kernel wrote this row directly
+  const MergeParts mp{splits, num_splits, shared_row ? parts - num_splits : 0};
+  const int used = mp.count();
   const float* lse = ws_lse + bh * parts;
-  for (int p = threadIdx.x; p < used; p += blockDim.x) wgt[p] = lse[p];
+  for (int p = threadIdx.x; p < used; p += blockDim.x) wgt[p] = lse[mp.part(p)];
   __syncthreads();
   float mx = -FLT_MAX;
   for (int p = 0; p < used; ++p) mx = fmaxf(mx, wgt[p]);
@@ -577,10 +616,16 @@ __global__ void merge_splits_kernel(AttentionArgs a, IndexArray shared_lens, int
     float num = 0.0f;
 #pragma unroll 4
     for (int p = 0; p < used; ++p) {
-      if (wgt[p] != 0.0f) num += wgt[p] * o[p * a.head_dim + d];  // an empty partial's o may be unwritten
+      if (wgt[p] != 0.0f) num += wgt[p] * o[mp.part(p) * a.head_dim + d];  // an empty partial's o may be unwritten
     }
     static_cast<T*>(a.out)[b * a.out_stride.row + head * a.out_stride.head + d] = from_float<T>(num * inv_den);
   }
+}
+
+// A/B and tuning knobs read at each launch plan (scripts/bench_decode_splits.py sweeps them).
+int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr ? std::atoi(v) : fallback;
 }
 
 int gmax_for(int64_t group) { return group >= 8 ? 8 : group >= 4 ? 4 : group >= 2 ? 2 : 1; }
@@ -590,7 +635,8 @@ int gmax_for(int64_t group) { return group >= 8 ? 8 : group >= 4 ? 4 : group >= 
 struct DecodePlan {
   bool mma;
   int chunks;
-  int splits;
+  int splits;       // the grid's key splits
+  SplitRule rule;   // how many of them each request uses
   int shared_splits = 0;  // 0: no cascade
   int row_chunks = 0;
   int parts() const { return splits + shared_splits; }
@@ -614,10 +660,19 @@ DecodePlan plan_decode(const AttentionArgs& a, const CascadeArgs* c) {
   // writes float32 partials the merge kernel reads back, and at 8-64 requests x 1-2k keys that cost more than
   // the parallelism gained (H200: 14-24% faster than filling two blocks per SM; docs/BENCHMARKS.md).
   int64_t want = mma ? std::max<int64_t>(1, current_num_sms() * 11 / 10 / blocks) : ceil_div(target, blocks);
+  // Long contexts may go past that wave: up to kLongWaves waves of blocks, one split per kMinSplitKeys keys
+  // (request_splits; the lengths live on the device, so each request picks its own count, in graphs too).
+  const int64_t waves = env_int("LITE_SRT_DECODE_WAVES", kLongWaves);
+  int64_t grid = mma ? std::max<int64_t>(want, current_num_sms() * 11 / 10 * waves / blocks) : want;
+  SplitRule rule{static_cast<int>(std::min<int64_t>(want, kMaxSplits)),
+                 mma ? env_int("LITE_SRT_DECODE_MIN_KEYS", kMinSplitKeys) : 0};
   // LITE_SRT_DECODE_SPLITS=<n> forces the key splits per request (A/B runs: scripts/bench_decode_splits.py).
-  if (const char* env = std::getenv("LITE_SRT_DECODE_SPLITS")) want = std::max(1, std::atoi(env));
-  const int splits = static_cast<int>(std::clamp<int64_t>(want, 1, kMaxSplits));
-  DecodePlan plan{mma, static_cast<int>(chunks), splits};
+  if (const char* env = std::getenv("LITE_SRT_DECODE_SPLITS")) {
+    grid = std::max(1, std::atoi(env));
+    rule = SplitRule{};
+  }
+  const int splits = static_cast<int>(std::clamp<int64_t>(grid, 1, kMaxSplits));
+  DecodePlan plan{mma, static_cast<int>(chunks), splits, rule};
 #if !defined(USE_ROCM)
   if (mma && c != nullptr && c->num_groups > 0 && c->max_shared > 0) {
     plan.row_chunks = static_cast<int>(ceil_div(std::max<int64_t>(c->max_group, 1) * group, kGroupRows));
@@ -669,9 +724,11 @@ void launch_mma(const AttentionArgs& a, const CascadeArgs* c, const DecodePlan& 
     launch_kernel(decode_shared_kernel<T, D>, sgrid, kMmaThreads, smem, stream, a, *c, plan.splits,
                   plan.parts(), plan.row_chunks, ws_out, ws_lse);
   }
-  const dim3 grid(plan.splits, static_cast<unsigned>(a.kv_heads * plan.chunks), static_cast<unsigned>(a.batch));
+  // Splits vary slowest, so the blocks of split 0 (every request's first, the only one of a short request) are
+  // dispatched first and a request's unused splits, which leave at once, take SM slots only after them.
+  const dim3 grid(static_cast<unsigned>(a.kv_heads * plan.chunks), static_cast<unsigned>(a.batch), plan.splits);
   set_smem_opt_in<decode_mma_kernel<T, D>>(smem);
-  launch_kernel(decode_mma_kernel<T, D>, grid, kMmaThreads, smem, stream, a, shared_lens, plan.splits,
+  launch_kernel(decode_mma_kernel<T, D>, grid, kMmaThreads, smem, stream, a, shared_lens, plan.splits, plan.rule,
                 plan.parts(), plan.chunks, ws_out, ws_lse, merge_counters);
 }
 #endif
@@ -701,7 +758,7 @@ void launch_typed(const AttentionArgs& a, const CascadeArgs* c, const DecodePlan
 #endif
   if (plan.parts() > 1) {
     launch_kernel(merge_splits_kernel<T>, static_cast<unsigned>(a.batch * a.q_heads), D, 0, stream, a, shared_lens,
-                  plan.splits, plan.parts(), ws_out, ws_lse);
+                  plan.splits, plan.rule, plan.parts(), ws_out, ws_lse);
   }
 }
 
