@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
+from collections.abc import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -60,16 +61,17 @@ def prefill_batch(runner: ModelRunner, lens: list[int]) -> ForwardBatch:
     )
 
 
-def time_eager(runner: ModelRunner, fb: ForwardBatch, iters: int) -> float:
-    for _ in range(2):
-        runner.model(fb, runner.pool)
+def time_us(step: Callable[[], object], iters: int, warmup: int = 3) -> float:
+    """Mean microseconds of step() over iters calls, timed with CUDA events after warmup calls."""
+    for _ in range(warmup):
+        step()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(iters):
-        runner.model(fb, runner.pool)
+        step()
     end.record()
     torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters * 1e3  # us
+    return start.elapsed_time(end) / iters * 1e3
 
 
 def time_captured(runner: ModelRunner, fb: ForwardBatch, iters: int) -> float:
@@ -82,28 +84,12 @@ def time_captured(runner: ModelRunner, fb: ForwardBatch, iters: int) -> float:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         runner.model(fb, runner.pool)
-    for _ in range(2):
-        graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters * 1e3  # us
+    return time_us(graph.replay, iters)
 
 
 def time_graph(runner: ModelRunner, fb: ForwardBatch, iters: int) -> float:
     assert runner.graphs is not None and runner.graphs.can_run(fb)
-    for _ in range(3):
-        runner.graphs.replay(fb)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        runner.graphs.replay(fb)
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters * 1e3  # us
+    return time_us(lambda: runner.graphs.replay(fb), iters)
 
 
 def kernel_table(runner: ModelRunner, fb: ForwardBatch, iters: int) -> dict[str, tuple[int, float]]:
@@ -147,7 +133,7 @@ def main() -> None:
     runner = ModelRunner(args, load_model_config(a.model_path), a.model_path, args.context_length)
     if a.prefill:
         fb = prefill_batch(runner, a.prefill)
-        graph_us = time_eager(runner, fb, a.iters)
+        graph_us = time_us(lambda: runner.model(fb, runner.pool), a.iters)
         what = f"prefill {'+'.join(map(str, a.prefill))} tokens (eager)"
         try:
             what += f"; one CUDA graph of it: {time_captured(runner, fb, a.iters):.0f} us"
