@@ -887,8 +887,9 @@ __global__ void __launch_bounds__(kWsThreads, 1) extend_wgmma_ws_kernel(Attentio
   const int64_t tr0 = tw + g, tr1 = tr0 + 8;
   const int64_t first_limit = prefix + tw;  // keys <= this are visible to every row of the warp
   const int64_t tg = t0 + cw * 64;
-  // Broadcast from lane 0 so ptxas can prove the tile count warp-uniform: a branch on it inside a wgmma's
-  // flight is otherwise "divergent", and ptxas then serializes every wgmma of the kernel.
+  // Broadcast from lane 0 so ptxas can prove the tile count warp-uniform (it then keeps the loop's barrier
+  // addresses in uniform registers; a loop branched on a count it cannot prove uniform while a wgmma is in
+  // flight makes it serialize every wgmma, ptxas C7518).
   const int wg_tiles = __shfl_sync(
       0xffffffffu, tg < n_ext ? static_cast<int>(min(prefix + tg + 63, kv_end - 1) / kKeys) + 1 : 0, 0);
   const uint32_t q_addr = attn::smem_u32(qs + cw * 64 * D);
@@ -1029,8 +1030,8 @@ __global__ void extend_simt_kernel(AttentionArgs a) {
 // ahead of every wgmma variant).
 // LITE_SRT_EXTEND_KERNEL = mma16 | mma32 | wgmma (overlapped, 64-key tiles) | wgmma128 (overlapped, 128-key tiles,
 // Q in shared memory) | wgmma1 (not overlapped) | wgmma_ws (warp-specialized, ping-pong; d=128 only, mma32 at
-// d=64) | wgmma_ws64 (the same on m64n64 instructions, as before the 128-column shapes) forces one (the wgmma ones only where available), for A/B benchmarks and tests; it is read on every
-// launch so a benchmark can switch it between calls.
+// d=64) | wgmma_ws64 (the same on m64n64 instructions) forces one (the wgmma ones only where available), for A/B
+// benchmarks and tests; it is read on every launch so a benchmark can switch it between calls.
 enum class ExtendKernel { kMma16, kMma32, kWgmma, kWgmma128, kWgmmaSimple, kWgmmaWs, kWgmmaWs64 };
 
 #if !defined(USE_ROCM)

@@ -148,9 +148,8 @@ class CudaGraphRunner:
         self.outputs: dict[tuple[int, bool], torch.Tensor] = {}
         self.cascade = cascade
         self.heads = attention_heads(model)  # (q, kv) per rank: what the cascade's split count is sized by
-        self._splits: tuple[tuple[int, int, int], int] | None = (
-            None  # (groups, max group, max shared) -> splits
-        )
+        # The last (groups, max group, max shared) and the shared-key split count picked for them.
+        self._splits: tuple[tuple[int, int, int], int] | None = None
         self.cascade_replays = 0  # replays of cascade graphs (tests and A/B runs read it)
         req_to_token[dummy_row].fill_(self.dummy_slot)
 
