@@ -394,17 +394,44 @@ MergeCounters merge_counters_of(const std::optional<at::Tensor>& t, const at::Te
   return {t->data_ptr<int>(), t->numel()};
 }
 
+// The step's key counts for balanced key splits (kernel_args.h, DecodeBalance).
+DecodeBalance decode_balance_of(int64_t total_keys, int64_t max_keys, const std::optional<at::Tensor>& chunk_keys,
+                                const at::Tensor& q, const char* op) {
+  TORCH_CHECK_VALUE(total_keys >= 0 && max_keys >= 0, op, ": total_keys and max_keys must be >= 0, got ",
+                    std::to_string(total_keys), " and ", std::to_string(max_keys));
+  DecodeBalance bal{total_keys, max_keys, {nullptr, true}};
+  if (chunk_keys.has_value()) {
+    check_device(*chunk_keys, Backend::kCUDA, q, op, "chunk_keys");
+    TORCH_CHECK_VALUE(max_keys > 0, op, ": chunk_keys needs max_keys > 0 (it sizes the grid's splits)");
+    bal.chunk_keys = index_array(*chunk_keys, op, "chunk_keys", 1);
+  }
+  return bal;
+}
+
 void decode_attention_cuda(at::Tensor out, at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
                            at::Tensor req_to_token, at::Tensor req_pool_indices, at::Tensor seq_lens, double scale,
-                           std::optional<at::Tensor> merge_counters) {
-  const c10::cuda::CUDAGuard guard = guard_for(q, "decode_attention", "q");
+                           std::optional<at::Tensor> merge_counters, int64_t total_keys, int64_t max_keys,
+                           std::optional<at::Tensor> chunk_keys) {
+  const char* op = "decode_attention";
+  const c10::cuda::CUDAGuard guard = guard_for(q, op, "q");
   const AttentionArgs a =
       make_decode(out, q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale, Backend::kCUDA);
-  const MergeCounters counters = merge_counters_of(merge_counters, q, "decode_attention");
+  const MergeCounters counters = merge_counters_of(merge_counters, q, op);
+  const DecodeBalance bal = decode_balance_of(total_keys, max_keys, chunk_keys, q, op);
   // Split-K partials live in a scratch buffer from torch's caching allocator (cheap, CUDA-graph safe).
-  const int64_t bytes = decode_attention_workspace_bytes(a, nullptr);
+  const int64_t bytes = decode_attention_workspace_bytes(a, nullptr, bal);
   at::Tensor workspace = at::empty({std::max<int64_t>(bytes, 1)}, q.options().dtype(at::kByte));
-  launch_decode_attention(a, nullptr, workspace.data_ptr(), counters, stream_for(q));
+  launch_decode_attention(a, nullptr, workspace.data_ptr(), counters, stream_for(q), bal);
+}
+
+py::tuple decode_split_plan_cuda(int64_t q_heads, int64_t kv_heads, int64_t batch, int64_t total_keys,
+                                 int64_t max_keys) {
+  // std::to_string: formatting an int64 through the check's stream crashes some builds (docs/BENCHMARKS.md).
+  TORCH_CHECK_VALUE(kv_heads > 0 && q_heads % kv_heads == 0 && batch >= 1, "decode_split_plan: need kv_heads > 0 "
+                    "dividing q_heads and batch >= 1, got ", std::to_string(q_heads), ", ", std::to_string(kv_heads),
+                    ", ", std::to_string(batch));
+  const DecodeSplitPlan p = decode_split_plan(q_heads, kv_heads, batch, total_keys, max_keys);
+  return py::make_tuple(p.base, p.chunk, p.splits);
 }
 
 // Decode attention with cascade groups (kernel_args.h, CascadeArgs): rows sharing a prefix attend it once.
@@ -414,7 +441,8 @@ void decode_attention_cascade_cuda(at::Tensor out, at::Tensor q, at::Tensor k_ca
                                    double scale, at::Tensor shared_lens, at::Tensor group_start,
                                    at::Tensor group_size, int64_t max_shared, int64_t max_group,
                                    int64_t shared_splits, std::optional<at::Tensor> split_count,
-                                   std::optional<at::Tensor> merge_counters) {
+                                   std::optional<at::Tensor> merge_counters, int64_t total_keys, int64_t max_keys,
+                                   std::optional<at::Tensor> chunk_keys) {
   const char* op = "decode_attention_cascade";
   const c10::cuda::CUDAGuard guard = guard_for(q, op, "q");
   const AttentionArgs a =
@@ -442,9 +470,10 @@ void decode_attention_cascade_cuda(at::Tensor out, at::Tensor q, at::Tensor k_ca
     c.split_count = index_array(*split_count, op, "split_count", 1);
   }
   const MergeCounters counters = merge_counters_of(merge_counters, q, op);
-  const int64_t bytes = decode_attention_workspace_bytes(a, &c);
+  const DecodeBalance bal = decode_balance_of(total_keys, max_keys, chunk_keys, q, op);
+  const int64_t bytes = decode_attention_workspace_bytes(a, &c, bal);
   at::Tensor workspace = at::empty({std::max<int64_t>(bytes, 1)}, q.options().dtype(at::kByte));
-  launch_decode_attention(a, &c, workspace.data_ptr(), counters, stream_for(q));
+  launch_decode_attention(a, &c, workspace.data_ptr(), counters, stream_for(q), bal);
 }
 
 void extend_attention_cuda(at::Tensor out, at::Tensor q, at::Tensor k_cache, at::Tensor v_cache,
@@ -599,13 +628,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("v"));
   m.def("decode_attention_cuda", &decode_attention_cuda, py::arg("out"), py::arg("q"), py::arg("k_cache"),
         py::arg("v_cache"), py::arg("req_to_token"), py::arg("req_pool_indices"), py::arg("seq_lens"),
-        py::arg("scale"), py::arg("merge_counters") = py::none());
+        py::arg("scale"), py::arg("merge_counters") = py::none(), py::arg("total_keys") = 0,
+        py::arg("max_keys") = 0, py::arg("chunk_keys") = py::none());
+  m.def("decode_split_plan_cuda", &decode_split_plan_cuda,
+        "(one-wave splits, keys per split, grid splits) of the decode kernel for a batch on the current device",
+        py::arg("q_heads"), py::arg("kv_heads"), py::arg("batch"), py::arg("total_keys"), py::arg("max_keys"));
   m.def("decode_attention_cascade_cuda", &decode_attention_cascade_cuda,
         "decode attention where groups of rows share a prefix's KV (attended once per group)", py::arg("out"),
         py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("req_to_token"), py::arg("req_pool_indices"),
         py::arg("seq_lens"), py::arg("scale"), py::arg("shared_lens"), py::arg("group_start"),
         py::arg("group_size"), py::arg("max_shared"), py::arg("max_group"), py::arg("shared_splits") = 0,
-        py::arg("split_count") = py::none(), py::arg("merge_counters") = py::none());
+        py::arg("split_count") = py::none(), py::arg("merge_counters") = py::none(), py::arg("total_keys") = 0,
+        py::arg("max_keys") = 0, py::arg("chunk_keys") = py::none());
   m.def("decode_cascade_splits_cuda", &decode_cascade_splits,
         "splits of a cascade's shared keys for a step's groups on the current device", py::arg("q_heads"),
         py::arg("kv_heads"), py::arg("num_groups"), py::arg("max_group"), py::arg("max_shared"));

@@ -101,6 +101,16 @@ struct AttentionArgs {
   DType dtype;
 };
 
+// Decode only: the step's key counts, so decode attention can cut long requests into more key splits than short
+// ones (decode.cu, balanced_splits). total_keys / max_keys: the sum and the largest of the rows' key counts, known
+// on the host; max_keys = 0: the one-wave plan alone. chunk_keys ([1] on the device, or null): the step's keys per
+// split, which a captured graph reads at each replay; the grid was then sized from max_keys at capture.
+struct DecodeBalance {
+  int64_t total_keys = 0;
+  int64_t max_keys = 0;
+  IndexArray chunk_keys{nullptr, true};
+};
+
 // Decode over shared prefixes (cascade): the batch rows [group_start[g], group_start[g] + group_size[g]) share
 // their first shared_lens[row] keys (the same pool slots). A group's shared keys are attended once for all its
 // rows, and each row then attends only its own keys [shared_lens[row], seq_len); the partials merge by

@@ -86,8 +86,8 @@ def test_cascade_decode_matches_plain_decode_on_the_real_model(smollm_gguf_path,
     real = kernels.decode_attention
     errors: list[float] = []
 
-    def checked(q, k_cache, v_cache, table, rows, seq_lens, scale, cascade=None):
-        out = real(q, k_cache, v_cache, table, rows, seq_lens, scale, cascade)
+    def checked(q, k_cache, v_cache, table, rows, seq_lens, scale, cascade=None, keys=None):
+        out = real(q, k_cache, v_cache, table, rows, seq_lens, scale, cascade, keys=keys)
         if cascade is not None:
             plain = real(q, k_cache, v_cache, table, rows, seq_lens, scale).float()
             errors.append(((out.float() - plain).abs().max() / plain.abs().max()).item())
@@ -151,3 +151,31 @@ def test_cascade_in_cuda_graphs_matches_plain_decode(smollm_gguf_path, monkeypat
     assert replays[True] >= 5 and replays[False] == 0, replays  # 7 decode steps
     same = sum(a == b for a, b in zip(outputs[True], outputs[False]))
     assert same >= 16, f"only {same} of 20 generations match plain decode"
+
+
+def test_balanced_key_splits_in_cuda_graphs_match_plain_decode(smollm_gguf_path, monkeypatch):
+    """One ~1,200-token prompt decodes beside five short ones. With at least 64 keys per split
+    (LITE_SRT_DECODE_MIN_KEYS) the step calls for more key splits than the one-wave plan, so replays take the
+    balanced graph (the long request split finer than the short ones, keys per split from a device buffer) and
+    must generate what the one-wave plan (LITE_SRT_DECODE_BALANCE=0) generates: 5 of 6 at least, as bf16
+    summation order may flip a near-tie."""
+    from lite_srt import Engine
+
+    story = " ".join(
+        f"Day {i}: the keeper wrote that the sea was calm and the lamp was clean." for i in range(70)
+    )
+    prompts = [f"{story}\nWhat did the keeper write? Answer:", *PROMPTS]
+    params = {"max_new_tokens": 12, "temperature": 0, "ignore_eos": True}
+    monkeypatch.setenv("LITE_SRT_DECODE_MIN_KEYS", "64")
+    outputs, replays = {}, {}
+    for balance in ("1", "0"):
+        monkeypatch.setenv("LITE_SRT_DECODE_BALANCE", balance)
+        e = Engine(model_path=smollm_gguf_path, device="cuda", dtype="bfloat16", max_total_tokens=16384)
+        try:
+            outputs[balance] = [o["output_ids"] for o in e.generate(prompt=prompts, sampling_params=params)]
+            replays[balance] = e.core.runner.graphs.balanced_replays
+        finally:
+            e.shutdown()
+    assert replays["1"] >= 5 and replays["0"] == 0, replays
+    same = sum(a == b for a, b in zip(outputs["1"], outputs["0"]))
+    assert same >= 5, f"only {same} of 6 generations match the one-wave plan"

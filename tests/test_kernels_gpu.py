@@ -171,18 +171,23 @@ def test_decode_attention_cascade_reads_the_step_split_count(monkeypatch, own_sp
     assert_close_rel(out, expected)
 
 
-@pytest.mark.parametrize("splits", ["1", "2", "5", "33", "keys64", "keys128-waves8", "keys300-waves2"])
+@pytest.mark.parametrize("splits", ["1", "2", "5", "33", "bal64", "bal64-dev200", "bal300-dev300", "bal-off"])
 @pytest.mark.parametrize("cascade", [False, True], ids=["plain", "cascade"])
 def test_decode_attention_merges_splits_in_kernel(monkeypatch, splits, cascade) -> None:
     """With merge counters the last key split of each (request, KV head) merges the partials in the kernel: the
     result matches the reference and the separate merge kernel, and every counter is zero again after the launch
-    (so a second launch, and a graph replay, count from zero). "keysN[-wavesW]": the plan's own rule with one
-    split per N keys, so requests of one launch use different split counts (a one-split row writes its output
-    directly, the others merge) and the grid's extra splits leave at once."""
-    if splits.startswith("keys"):
-        keys, _, waves = splits.removeprefix("keys").partition("-waves")
-        monkeypatch.setenv("LITE_SRT_DECODE_MIN_KEYS", keys)
-        monkeypatch.setenv("LITE_SRT_DECODE_WAVES", waves or "3")
+    (so a second launch, and a graph replay, count from zero). "balN": balanced splits with at least N keys per
+    split and the step's key counts from the host, so requests of one launch use different split counts (a
+    one-split row writes its output directly, the others merge) and the grid's extra splits leave at once;
+    "-devM": as a captured graph runs it, the grid sized for the longest context and M keys per split read from
+    a device tensor; "bal-off": key counts given but LITE_SRT_DECODE_BALANCE=0."""
+    balance: tuple = ()
+    if splits.startswith("bal"):
+        keys, _, dev = splits.removeprefix("bal").partition("-dev")
+        if keys == "-off":
+            monkeypatch.setenv("LITE_SRT_DECODE_BALANCE", "0")
+        else:
+            monkeypatch.setenv("LITE_SRT_DECODE_MIN_KEYS", keys)
     else:
         monkeypatch.setenv("LITE_SRT_DECODE_SPLITS", splits)
     hq, hkv, d, dtype = 32, 8, 128, torch.bfloat16
@@ -191,16 +196,19 @@ def test_decode_attention_merges_splits_in_kernel(monkeypatch, splits, cascade) 
     scale = 1 / math.sqrt(d)
     counters = torch.zeros(4096, dtype=torch.int32, device=DEV)
     max_shared, max_group = int(shared.max()), int(sizes.max())  # host values: read before any capture
+    if splits.startswith("bal"):
+        chunk = torch.tensor([int(dev)], device=DEV) if dev else None
+        balance = (int(lens.sum()), int(lens.max()) if not dev else 4 * int(lens.max()), chunk)
 
     def run(q: torch.Tensor, ctr: torch.Tensor | None) -> torch.Tensor:
         out = torch.full_like(q, float("nan"))
         if cascade:
             _C.decode_attention_cascade_cuda(
                 out, q, k_cache, v_cache, table, rows, lens, scale, shared, starts, sizes, max_shared, max_group,
-                0, None, ctr,
+                0, None, ctr, *balance,
             )  # fmt: skip
         else:
-            _C.decode_attention_cuda(out, q, k_cache, v_cache, table, rows, lens, scale, ctr)
+            _C.decode_attention_cuda(out, q, k_cache, v_cache, table, rows, lens, scale, ctr, *balance)
         return out
 
     for _ in range(2):
@@ -226,6 +234,41 @@ def test_decode_attention_merges_splits_in_kernel(monkeypatch, splits, cascade) 
         torch.cuda.synchronize()
         assert int(counters.abs().sum()) == 0
         assert_close_rel(out_static, run(q_static, None), tol=5e-3)
+
+
+def test_decode_split_plan_balances_a_long_request() -> None:
+    """One 8k-key request among 23 of 512 keys: the one-wave plan gives every request one split, the balanced
+    plan sizes the grid so the long one takes several (keys per split = the step's keys per resident block, at
+    least 2048); uniform short requests stay on the one-wave plan, and no key counts means no balancing."""
+    total, longest = 23 * 512 + 8192, 8192
+    base, chunk, grid = _C.decode_split_plan_cuda(32, 8, 24, total, longest)
+    assert base == 1 and chunk == 2048 and grid == 4
+    assert _C.decode_split_plan_cuda(32, 8, 24, 24 * 512, 512) == (1, 2048, 1)
+    assert _C.decode_split_plan_cuda(32, 8, 24, 0, 0) == (1, 2048, 1)
+    with pytest.raises(ValueError, match="kv_heads"):
+        _C.decode_split_plan_cuda(32, 0, 24, total, longest)
+
+
+def test_decode_attention_rejects_bad_key_counts() -> None:
+    q = torch.randn(2, 8, 64, device=DEV, dtype=torch.bfloat16)
+    kc = torch.randn(64, 8, 64, device=DEV, dtype=torch.bfloat16)
+    table = torch.zeros(2, 64, dtype=torch.int32, device=DEV)
+    i64 = {"device": DEV, "dtype": torch.int64}
+    args = [
+        torch.empty_like(q),
+        q,
+        kc,
+        kc,
+        table,
+        torch.arange(2, **i64),
+        torch.full((2,), 3, **i64),
+        0.1,
+        None,
+    ]
+    with pytest.raises(ValueError, match="must be >= 0"):
+        _C.decode_attention_cuda(*args, -1, 3)
+    with pytest.raises(ValueError, match="chunk_keys needs max_keys"):
+        _C.decode_attention_cuda(*args, 6, 0, torch.ones(1, **i64))
 
 
 def test_decode_attention_cascade_rejects_bad_group_arguments() -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lite_srt import kernels
-from lite_srt.engine.forward_batch import ForwardBatch, ForwardMode
+from lite_srt.engine.forward_batch import DecodeKeys, ForwardBatch, ForwardMode
 from lite_srt.engine.prefix_groups import find_groups
 from lite_srt.kernels import reference as ref
 from lite_srt.layers import attention as attention_mod
@@ -78,6 +78,8 @@ def test_mixed_step_splits_rows_and_matches_one_extend(device, prefills, decode_
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     fb, slots = _mixed_batch(device, prefills, decode_lens)
     assert fb.mixed is not None and fb.mixed.prefill_tokens == sum(n for _, n in prefills)
+    # The decode half's key counts, from the host lengths: what balances its key splits on a GPU.
+    assert fb.mixed.decode_keys == DecodeKeys(sum(decode_lens), max(decode_lens))
     pool = KVPool(1, slots, HKV, D, dtype, device)
     pool.k_buffers[0].normal_()
     pool.v_buffers[0].normal_()
@@ -109,6 +111,12 @@ def test_mixed_step_splits_rows_and_matches_one_extend(device, prefills, decode_
     tol = 1e-4 if dtype == torch.float32 else 1e-2
     err = ((out.float() - expected).abs().max() / expected.abs().max()).item()
     assert err <= tol, f"max relative error {err:.3g}"
+    if device == "cuda":  # balanced key splits: with 32 keys per split the longer decode rows split more
+        monkeypatch.setenv("LITE_SRT_DECODE_MIN_KEYS", "32")
+        balanced = layer(q, k, v, fb, pool)
+        monkeypatch.delenv("LITE_SRT_DECODE_MIN_KEYS")
+        err = ((balanced.float() - expected).abs().max() / expected.abs().max()).item()
+        assert err <= tol, f"balanced splits: max relative error {err:.3g}"
 
     # The A/B switch sends the whole batch to the extend kernel, with the same result.
     monkeypatch.setattr(attention_mod, "_SPLIT_MIXED", False)
@@ -123,7 +131,14 @@ def test_a_step_without_decodes_has_no_split() -> None:
     fb = ForwardBatch.build(
         ForwardMode.EXTEND, [1, 2, 3], [0, 1, 2], torch.arange(3), [0], [3], [3], torch.zeros(1, 4), "cpu"
     )
-    assert fb.mixed is None
+    assert fb.mixed is None and fb.decode_keys is None
+
+
+def test_a_decode_step_carries_its_key_counts() -> None:
+    fb = ForwardBatch.build(
+        ForwardMode.DECODE, None, [4, 9], torch.arange(2), [0, 1], [5, 10], [1, 1], torch.zeros(2, 16), "cpu"
+    )
+    assert fb.decode_keys == DecodeKeys(15, 10) and fb.decode_keys.chunk is None
 
 
 @pytest.mark.gpu

@@ -20,10 +20,20 @@ struct MergeCounters {
 
 // Scratch bytes launch_decode_attention needs for its split-K partials (0 when it does not split).
 // `cascade` (may be null) groups rows that share a prefix; kernels without a cascade path ignore it.
-int64_t decode_attention_workspace_bytes(const AttentionArgs& a, const CascadeArgs* cascade);
+// `bal`: the step's key counts, for balanced key splits (kernel_args.h); the same for both calls.
+int64_t decode_attention_workspace_bytes(const AttentionArgs& a, const CascadeArgs* cascade,
+                                         const DecodeBalance& bal = {});
 void launch_decode_attention(const AttentionArgs& a, const CascadeArgs* cascade, void* workspace,
-                             const MergeCounters& counters, cudaStream_t stream);
+                             const MergeCounters& counters, cudaStream_t stream, const DecodeBalance& bal = {});
 void launch_extend_attention(const AttentionArgs& a, cudaStream_t stream);
+
+// The decode kernel's key splits for a batch (the one-wave base, the keys per split, the grid's splits) on the
+// current device; a CUDA-graph runner uses it to pick the graph a step needs and the chunk_keys it reads.
+struct DecodeSplitPlan {
+  int64_t base, chunk, splits;
+};
+DecodeSplitPlan decode_split_plan(int64_t q_heads, int64_t kv_heads, int64_t batch, int64_t total_keys,
+                                  int64_t max_keys);
 
 // Splits of a cascade's shared keys for a step with these groups on the current device (what an eager launch
 // picks; captured graphs write it to CascadeArgs::split_count each step).

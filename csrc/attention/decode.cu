@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cstdlib>
+#include <stdexcept>
 
 #include "../cuda_utils.cuh"
 #include "../launch.cuh"
@@ -25,25 +26,27 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kMaxSplits = 64;
-// Long contexts past the one-wave split count (plan_decode, request_splits): off by default. With
-// LITE_SRT_DECODE_WAVES=3 a 4-8k-key request at 8-48 rows runs 10-25% faster, but the grid's unused splits cost
-// ~3 us per launch at 1-2k keys (H200, docs/BENCHMARKS.md session 10), the common serving case.
-constexpr int kLongWaves = 1;        // most waves of blocks long contexts may take
-constexpr int kMinSplitKeys = 2048;  // keys per split past the one-wave count
+// Balanced key splits (plan_decode, DecodeBalance): when a step's key counts are known, a request takes one split
+// per `chunk` keys, chunk being the step's keys per resident block (at least kMinSplitKeys), so one long request
+// no longer sets the launch's length; the grid then holds up to kBalanceWaves waves of blocks.
+constexpr int kMinSplitKeys = 2048;
+constexpr int kBalanceWaves = 8;
 constexpr int kMaxParts = kMaxSplits + 16;  // key splits + shared-prefix splits (kMaxSharedSplits)
 constexpr float kLog2e = 1.4426950408889634f;
 
-// How many of the grid's key splits a request uses. The plan's `base` count fills about one wave of blocks; a
-// long context takes one split per `min_keys` keys beyond that, up to the grid's (larger) split count, so a few
-// long requests still spread over the GPU. min_keys = 0: every request uses all of them (the SIMT kernel).
+// How many of the grid's key splits a request uses: at least `base` (the plan's one-wave count) and one per
+// `chunk` keys, where chunk is the host's min_keys or, in captured graphs, the step's value on the device
+// (dev_chunk[0]). min_keys = 0: every request uses all of them (the SIMT kernel).
 struct SplitRule {
   int base = 0;
   int min_keys = 0;
+  IndexArray dev_chunk{nullptr, true};
 };
 
-__device__ __forceinline__ int request_splits(int64_t keys, int num_splits, SplitRule rule) {
+__device__ __forceinline__ int request_splits(int64_t keys, int num_splits, const SplitRule& rule) {
   if (rule.min_keys <= 0) return num_splits;
-  const int64_t want = max(static_cast<int64_t>(rule.base), keys / rule.min_keys);
+  const int64_t chunk = rule.dev_chunk.ptr != nullptr ? max(rule.dev_chunk[0], static_cast<int64_t>(1)) : rule.min_keys;
+  const int64_t want = max(static_cast<int64_t>(rule.base), ceil_div(keys, chunk));
   return static_cast<int>(max(static_cast<int64_t>(1), min(static_cast<int64_t>(num_splits), want)));
 }
 
@@ -642,11 +645,31 @@ struct DecodePlan {
   int parts() const { return splits + shared_splits; }
 };
 
-// Key splits spread small batches over the GPU: up to one wave of blocks for the tensor-core kernel, about eight
-// resident blocks per SM for the SIMT one. The context length lives on the device, so each request divides its
-// own keys over this many splits (empty splits cost one early exit). A cascade splits the shared keys to about
-// two resident blocks per SM, keeping at least two tiles per split.
-DecodePlan plan_decode(const AttentionArgs& a, const CascadeArgs* c) {
+// The tensor-core kernel's key splits for `batch` requests of `blocks_per_req` block columns (KV heads x head
+// chunks). base: about one wave of blocks, rounded down (every extra split writes float32 partials that are read
+// back, which at 8-64 requests x 1-2k keys costs more than the parallelism gains; H200: 14-24% faster than two
+// blocks per SM, docs/BENCHMARKS.md). With the step's key counts (bal.max_keys > 0) a request also takes one
+// split per `chunk` keys, chunk = the keys each resident block would stream if the step's keys were spread evenly
+// (at least kMinSplitKeys): the grid grows to fit the longest request, up to kBalanceWaves waves of blocks.
+DecodeSplitPlan balanced_splits(int64_t blocks_per_req, int64_t batch, const DecodeBalance& bal) {
+  const int64_t sms = current_num_sms();
+  const int64_t blocks = std::max<int64_t>(1, batch * blocks_per_req);
+  const int64_t base = std::clamp<int64_t>(sms * 11 / 10 / blocks, 1, kMaxSplits);
+  const int64_t min_keys = env_int("LITE_SRT_DECODE_MIN_KEYS", kMinSplitKeys);
+  DecodeSplitPlan p{base, std::max<int64_t>(min_keys, 1), base};
+  // LITE_SRT_DECODE_BALANCE=0: the one-wave plan only (A/B runs).
+  if (bal.max_keys <= 0 || min_keys <= 0 || env_int("LITE_SRT_DECODE_BALANCE", 1) == 0) return p;
+  p.chunk = std::max(min_keys, ceil_div(std::max<int64_t>(bal.total_keys, 0) * blocks_per_req, 2 * sms));
+  const int64_t cap = std::max(base, sms * 11 / 10 * kBalanceWaves / blocks);
+  p.splits = std::min<int64_t>(std::clamp(ceil_div(bal.max_keys, p.chunk), base, cap), kMaxSplits);
+  return p;
+}
+
+// Key splits spread small batches over the GPU: balanced_splits for the tensor-core kernel, about eight resident
+// blocks per SM for the SIMT one. The context length lives on the device, so each request divides its own keys
+// over its count of the grid's splits (empty splits cost one early exit). A cascade splits the shared keys to
+// about two resident blocks per SM, keeping at least two tiles per split.
+DecodePlan plan_decode(const AttentionArgs& a, const CascadeArgs* c, const DecodeBalance& bal) {
   const int64_t group = a.q_heads / a.kv_heads;
 #if !defined(USE_ROCM)
   const bool mma = a.dtype != DType::kFloat32;
@@ -654,18 +677,17 @@ DecodePlan plan_decode(const AttentionArgs& a, const CascadeArgs* c) {
   const bool mma = false;
 #endif
   const int64_t chunks = mma ? ceil_div(group, 16) : ceil_div(group, gmax_for(group));
-  const int64_t blocks = std::max<int64_t>(1, a.batch * a.kv_heads * chunks);
-  const int64_t target = static_cast<int64_t>(current_num_sms()) * (mma ? 2 : 8);
-  // The tensor-core kernel takes at most about one wave of blocks (splits rounded down): every extra split
-  // writes float32 partials the merge kernel reads back, and at 8-64 requests x 1-2k keys that cost more than
-  // the parallelism gained (H200: 14-24% faster than filling two blocks per SM; docs/BENCHMARKS.md).
-  int64_t want = mma ? std::max<int64_t>(1, current_num_sms() * 11 / 10 / blocks) : ceil_div(target, blocks);
-  // Long contexts may go past that wave: up to kLongWaves waves of blocks, one split per kMinSplitKeys keys
-  // (request_splits; the lengths live on the device, so each request picks its own count, in graphs too).
-  const int64_t waves = env_int("LITE_SRT_DECODE_WAVES", kLongWaves);
-  int64_t grid = mma ? std::max<int64_t>(want, current_num_sms() * 11 / 10 * waves / blocks) : want;
-  SplitRule rule{static_cast<int>(std::min<int64_t>(want, kMaxSplits)),
-                 mma ? env_int("LITE_SRT_DECODE_MIN_KEYS", kMinSplitKeys) : 0};
+  int64_t grid;
+  SplitRule rule;
+  if (mma) {
+    const DecodeSplitPlan sp = balanced_splits(a.kv_heads * chunks, a.batch, bal);
+    grid = sp.splits;
+    rule = SplitRule{static_cast<int>(sp.base), static_cast<int>(sp.chunk),
+                     sp.splits > sp.base ? bal.chunk_keys : IndexArray{nullptr, true}};
+  } else {
+    const int64_t blocks = std::max<int64_t>(1, a.batch * a.kv_heads * chunks);
+    grid = ceil_div(static_cast<int64_t>(current_num_sms()) * 8, blocks);
+  }
   // LITE_SRT_DECODE_SPLITS=<n> forces the key splits per request (A/B runs: scripts/bench_decode_splits.py).
   if (const char* env = std::getenv("LITE_SRT_DECODE_SPLITS")) {
     grid = std::max(1, std::atoi(env));
@@ -776,16 +798,24 @@ int decode_cascade_splits(int64_t q_heads, int64_t kv_heads, int64_t num_groups,
   return static_cast<int>(std::clamp<int64_t>(want, 1, std::min<int64_t>(kMaxSharedSplits, by_len)));
 }
 
-int64_t decode_attention_workspace_bytes(const AttentionArgs& a, const CascadeArgs* cascade) {
-  const DecodePlan plan = plan_decode(a, cascade);
+DecodeSplitPlan decode_split_plan(int64_t q_heads, int64_t kv_heads, int64_t batch, int64_t total_keys,
+                                  int64_t max_keys) {
+  if (kv_heads <= 0 || q_heads % kv_heads != 0) throw std::invalid_argument("decode_split_plan: bad head counts");
+  // The tensor-core kernel's block columns: 16 query heads (kMaxRows) per KV head chunk.
+  const int64_t blocks_per_req = kv_heads * ceil_div(q_heads / kv_heads, 16);
+  return balanced_splits(blocks_per_req, batch, {total_keys, max_keys, {nullptr, true}});
+}
+
+int64_t decode_attention_workspace_bytes(const AttentionArgs& a, const CascadeArgs* cascade, const DecodeBalance& bal) {
+  const DecodePlan plan = plan_decode(a, cascade, bal);
   if (plan.parts() == 1) return 0;
   return a.batch * a.q_heads * plan.parts() * (a.head_dim + 1) * static_cast<int64_t>(sizeof(float));
 }
 
 void launch_decode_attention(const AttentionArgs& a, const CascadeArgs* cascade, void* workspace,
-                             const MergeCounters& counters, cudaStream_t stream) {
+                             const MergeCounters& counters, cudaStream_t stream, const DecodeBalance& bal) {
   if (a.batch == 0) return;
-  const DecodePlan plan = plan_decode(a, cascade);
+  const DecodePlan plan = plan_decode(a, cascade, bal);
   float* ws_out = static_cast<float*>(workspace);
   float* ws_lse = ws_out + a.batch * a.q_heads * plan.parts() * a.head_dim;
   dispatch_cuda_dtype(a.dtype, [&](auto tag) {

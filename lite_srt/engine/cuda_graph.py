@@ -8,6 +8,11 @@ With cascade attention (prefix_groups.py) each size from CASCADE_MIN_BS up is ca
 with the cascade kernels reading groups from fixed-size buffers: unused groups have size 0 and exit at once, and
 each shared split sizes itself from the group's device-side shared length, so one capture serves any grouping.
 
+Sizes up to BALANCED_MAX_BS are also captured with balanced key splits (forward_batch.DecodeKeys): decode
+attention's grid is sized for the longest context and each request takes one split per `chunk_keys` keys, read
+from a device buffer. A replay takes that graph when the step's lengths call for more splits than the one-wave
+plan (kernels.decode_split_plan), e.g. a few 8k-token requests among short ones; otherwise the plain graph.
+
 Under tensor parallelism the graphs hold the model up to the final norm, with every all-reduce going through the
 custom all-reduce (an ordinary kernel); the LM head and its NCCL all-gather of the vocabulary run eagerly after
 the replay (`with_logits=False`).
@@ -24,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from lite_srt import kernels
-from lite_srt.engine.forward_batch import ForwardBatch, ForwardMode
+from lite_srt.engine.forward_batch import DecodeKeys, ForwardBatch, ForwardMode
 from lite_srt.engine.prefix_groups import MAX_GROUP, CascadeBatch
 from lite_srt.layers.attention import PagedAttention
 from lite_srt.mem.kv_pool import KVPool
@@ -37,6 +42,9 @@ CASCADE_MIN_BS = 16  # smaller batches rarely hold groups worth the extra kernel
 # The best count runs from 1 (32 groups) to 4-8 (2-4 groups) on an H200 (docs/BENCHMARKS.md).
 GRAPH_SHARED_SPLITS = 8
 _ANY_SHARED = 1 << 30  # captured graphs take any shared length (the kernel reads the real one on the device)
+# Larger batches rarely hold a context many times the others' average, and their grid of mostly empty extra
+# splits would cost more.
+BALANCED_MAX_BS = 64
 
 
 def capture_batch_sizes(max_bs: int) -> list[int]:
@@ -68,7 +76,9 @@ class GraphInputs:
     group_start: torch.Tensor
     group_size: torch.Tensor
     split_count: torch.Tensor  # [1]: the step's shared-key splits (<= GRAPH_SHARED_SPLITS)
+    chunk_keys: torch.Tensor  # [1]: the step's keys per split, read by the balanced graphs
     _split_value: int = 1  # what split_count holds: rewritten only when a step's count differs
+    _chunk_value: int = 1  # what chunk_keys holds
 
     @classmethod
     def allocate(cls, max_bs: int, device: torch.device, dummy_slot: int, dummy_row: int) -> GraphInputs:
@@ -87,6 +97,7 @@ class GraphInputs:
             group_start=full(0)[: max(1, max_bs // 2)],
             group_size=full(0)[: max(1, max_bs // 2)],
             split_count=full(1)[:1],
+            chunk_keys=full(1)[:1],
         )
 
     def cascade(self, bs: int) -> CascadeBatch:
@@ -111,7 +122,15 @@ class GraphInputs:
         self.group_size[:g].copy_(c.group_size, non_blocking=True)
         self.group_size[g : padded // 2].zero_()
 
-    def batch(self, bs: int, req_to_token: torch.Tensor) -> ForwardBatch:
+    def load_chunk(self, chunk: int) -> None:
+        if chunk != self._chunk_value:
+            self.chunk_keys.fill_(chunk)
+            self._chunk_value = chunk
+
+    def batch(self, bs: int, req_to_token: torch.Tensor, balanced: bool = False) -> ForwardBatch:
+        """The graph's batch; balanced: its decode attention sized for any context length (the table's width)
+        and reading the step's keys per split from chunk_keys."""
+        keys = DecodeKeys(0, int(req_to_token.shape[1]), self.chunk_keys) if balanced else None
         return ForwardBatch(
             mode=ForwardMode.DECODE,
             input_ids=self.input_ids[:bs],
@@ -123,6 +142,7 @@ class GraphInputs:
             extend_start_loc=self.arange[:bs],
             logits_indices=self.arange[:bs],
             req_to_token=req_to_token,
+            decode_keys=keys,
         )
 
 
@@ -143,14 +163,15 @@ class CudaGraphRunner:
         self.sizes = capture_batch_sizes(max_bs)
         self.max_bs = self.sizes[-1]
         self.inputs = GraphInputs.allocate(self.max_bs, pool.device, self.dummy_slot, dummy_row)
-        # (bs, cascade) -> graph and its output
-        self.graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[tuple[int, bool], torch.Tensor] = {}
+        # (bs, cascade, balanced) -> graph and its output
+        self.graphs: dict[tuple[int, bool, bool], torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[tuple[int, bool, bool], torch.Tensor] = {}
         self.cascade = cascade
         self.heads = attention_heads(model)  # (q, kv) per rank: what the cascade's split count is sized by
         # The last (groups, max group, max shared) and the shared-key split count picked for them.
         self._splits: tuple[tuple[int, int, int], int] | None = None
         self.cascade_replays = 0  # replays of cascade graphs (tests and A/B runs read it)
+        self.balanced_replays = 0  # replays of balanced-split graphs
         req_to_token[dummy_row].fill_(self.dummy_slot)
 
     @torch.inference_mode()
@@ -161,15 +182,15 @@ class CudaGraphRunner:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for bs in reversed(self.sizes):  # largest first: smaller graphs reuse its memory pool
-                for cascade in (False, True) if self.cascade and bs >= CASCADE_MIN_BS else (False,):
-                    fb = self.inputs.batch(bs, self.req_to_token)
-                    fb.cascade = self.inputs.cascade(bs) if cascade else None
+                for key in self._variants(bs):
+                    fb = self.inputs.batch(bs, self.req_to_token, balanced=key[2])
+                    fb.cascade = self.inputs.cascade(bs) if key[1] else None
                     for _ in range(2):  # warm-up: lazy initialisation must not happen inside capture
                         self._forward(fb)
                     graph = torch.cuda.CUDAGraph()
                     with torch.cuda.graph(graph, pool=mem_pool, stream=stream):
-                        self.outputs[bs, cascade] = self._forward(fb)
-                    self.graphs[bs, cascade] = graph
+                        self.outputs[key] = self._forward(fb)
+                    self.graphs[key] = graph
         torch.cuda.current_stream().wait_stream(stream)
         torch.cuda.synchronize()
         logger.info(
@@ -180,6 +201,32 @@ class CudaGraphRunner:
             f"; cascade from {CASCADE_MIN_BS}" if self.cascade else "",
             time.perf_counter() - t0,
         )
+
+    def _split_plan(self, bs: int, keys: DecodeKeys) -> tuple[int, int, int]:
+        q_heads, kv_heads = self.heads
+        return kernels.decode_split_plan(self.pool.device, q_heads, kv_heads, bs, keys.total, keys.max)
+
+    def _variants(self, bs: int) -> list[tuple[int, bool, bool]]:
+        """(bs, cascade, balanced) graphs to capture: the plain one, a cascade one, and a balanced one where a
+        long context can take more splits than the one-wave plan gives."""
+        keys = [(bs, False, False)]
+        if self.cascade and bs >= CASCADE_MIN_BS:
+            keys.append((bs, True, False))
+        if bs <= BALANCED_MAX_BS:
+            base, _, splits = self._split_plan(bs, DecodeKeys(0, int(self.req_to_token.shape[1])))
+            if splits > base:
+                keys.append((bs, False, True))
+        return keys
+
+    def _balanced(self, fb: ForwardBatch, padded: int) -> bool:
+        """Whether the step needs the balanced graph; if so its keys per split go to the device buffer."""
+        if fb.decode_keys is None or fb.cascade is not None or (padded, False, True) not in self.graphs:
+            return False
+        base, chunk, splits = self._split_plan(padded, fb.decode_keys)
+        if splits <= base:
+            return False
+        self.inputs.load_chunk(chunk)
+        return True
 
     @torch.inference_mode()
     def time_decode_step(self, bs: int = 1, replays: int = 20) -> float:
@@ -213,7 +260,7 @@ class CudaGraphRunner:
         if fb.cascade is None:
             return True
         # Groups fit the buffers by construction (>= 2 rows each, <= MAX_GROUP rows).
-        return (self._padded(fb.batch_size), True) in self.graphs and fb.cascade.max_group <= MAX_GROUP
+        return (self._padded(fb.batch_size), True, False) in self.graphs and fb.cascade.max_group <= MAX_GROUP
 
     def _shared_splits(self, c: CascadeBatch) -> int:
         """The eager plan's shared-key split count for the step's groups; the scheduler reuses its groups while
@@ -246,6 +293,9 @@ class CudaGraphRunner:
             c = fb.cascade
             inp.load_cascade(c, bs, padded, self._shared_splits(c))
             self.cascade_replays += 1
-        self.graphs[padded, cascade].replay()
-        out = self.outputs[padded, cascade][:bs]
+        balanced = self._balanced(fb, padded)
+        self.balanced_replays += balanced
+        key = (padded, cascade, balanced)
+        self.graphs[key].replay()
+        out = self.outputs[key][:bs]
         return out if self.with_logits else self.model.compute_logits(out)

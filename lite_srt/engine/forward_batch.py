@@ -35,6 +35,23 @@ class MixedSplit:
     seq_lens: tuple[torch.Tensor, torch.Tensor]
     extend_lens: torch.Tensor  # prefill requests only
     extend_start_loc: torch.Tensor
+    decode_keys: DecodeKeys | None = None  # of the decode rows
+
+
+@dataclass(frozen=True)
+class DecodeKeys:
+    """Key counts of a step's decode rows, from the host's lengths: decode attention cuts a request of many more
+    keys than the others into more key splits, so it does not set the step's length (csrc/attention/decode.cu,
+    balanced_splits). `chunk` (captured graphs only): a [1] device tensor the kernel reads the step's keys per
+    split from; the graph's grid was sized from `max` at capture."""
+
+    total: int
+    max: int
+    chunk: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, seq_lens: torch.Tensor) -> DecodeKeys:
+        return cls(int(seq_lens.sum()), int(seq_lens.max())) if seq_lens.numel() else cls(0, 0)
 
 
 class ForwardMode(enum.Enum):
@@ -78,6 +95,8 @@ class ForwardBatch:
     cascade: CascadeBatch | None = None
     # Mixed batches: the one-token decode rows (the last requests), attended by the decode kernel.
     mixed: MixedSplit | None = None
+    # Decode steps: the rows' key counts, for balanced key splits (None: the kernel's one-wave plan alone).
+    decode_keys: DecodeKeys | None = None
 
     @property
     def batch_size(self) -> int:
@@ -139,6 +158,7 @@ class ForwardBatch:
             logits_indices=(start + extend_lens - 1).to(device, non_blocking=True),
             req_to_token=req_to_token,
             host=HostBatch(input_ids, positions, out_cache_loc, req_pool_indices, seq_lens, extend_lens),
+            decode_keys=DecodeKeys.of(seq_lens) if mode is ForwardMode.DECODE else None,
         )
 
     def set_gather(
@@ -164,6 +184,7 @@ class ForwardBatch:
             seq_lens=_split_views(self.seq_lens, b),
             extend_lens=self.extend_lens[:b],
             extend_start_loc=self.extend_start_loc[:b],
+            decode_keys=DecodeKeys.of(self.host.seq_lens[b:]) if self.host is not None else None,
         )
 
 

@@ -156,6 +156,19 @@ def cascade_shared_splits(
         return int(_C.decode_cascade_splits_cuda(q_heads, kv_heads, num_groups, max_group, max_shared))
 
 
+def decode_split_plan(
+    device: torch.device, q_heads: int, kv_heads: int, batch: int, total_keys: int, max_keys: int
+) -> tuple[int, int, int]:
+    """(one-wave splits, keys per split, grid splits) of the decode kernel for a batch with these key counts on
+    `device`; a graph runner replays its balanced graph when the grid splits exceed the one-wave count."""
+    if device.type != "cuda" or not has_native("decode_split_plan", "cuda"):
+        return 1, 1, 1
+    with torch.cuda.device(device):
+        return tuple(
+            int(v) for v in _C.decode_split_plan_cuda(q_heads, kv_heads, batch, total_keys, max_keys)
+        )
+
+
 def _native_attention(name: str, q: torch.Tensor):
     return _native(name, q) if q.shape[-1] in _NATIVE_HEAD_DIMS else None
 
@@ -193,11 +206,21 @@ def _merge_counters(q: torch.Tensor) -> torch.Tensor | None:
 
 
 def decode_attention(
-    q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale: float, cascade=None, out=None
+    q,
+    k_cache,
+    v_cache,
+    req_to_token,
+    req_pool_indices,
+    seq_lens,
+    scale: float,
+    cascade=None,
+    out=None,
+    keys=None,
 ) -> torch.Tensor:
     """`cascade` (a prefix_groups.CascadeBatch) names rows sharing a prefix: the CUDA kernel reads each group's
-    shared keys once. The result is the same attention; ops without a cascade path ignore it. `out` (contiguous,
-    q's shape) receives the result when given."""
+    shared keys once. `keys` (a forward_batch.DecodeKeys) lets the CUDA kernel give long requests more key splits.
+    The result is the same attention; ops without these paths ignore them. `out` (contiguous, q's shape) receives
+    the result when given."""
     op = _native_attention("decode_attention", q)
     if op is None:
         return _into(
@@ -205,15 +228,16 @@ def decode_attention(
         )
     out = torch.empty_like(q) if out is None else out
     cascade_op = _native_attention("decode_attention_cascade", q) if cascade is not None else None
+    balance = (keys.total, keys.max, keys.chunk) if keys is not None else (0, 0, None)
     if cascade_op is not None:
         c = cascade
         cascade_op(
             out, q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale,
             c.shared_lens, c.group_start, c.group_size, c.max_shared, c.max_group, c.shared_splits,
-            c.split_count, _merge_counters(q),
+            c.split_count, _merge_counters(q), *balance,
         )  # fmt: skip
     else:
-        extra = (_merge_counters(q),) if q.is_cuda else ()
+        extra = (_merge_counters(q), *balance) if q.is_cuda else ()
         op(out, q, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, scale, *extra)
     return out
 

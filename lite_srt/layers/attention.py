@@ -63,6 +63,7 @@ class PagedAttention(nn.Module):
                 batch.seq_lens,
                 self.scale,
                 batch.cascade,
+                keys=batch.decode_keys,
             )
         elif batch.mixed is not None and _SPLIT_MIXED:
             out = self._mixed(q, k_cache, v_cache, batch, batch.mixed)
@@ -98,6 +99,6 @@ class PagedAttention(nn.Module):
             )  # fmt: skip
         kernels.decode_attention(
             q[t:], k_cache, v_cache, batch.req_to_token, m.req_pool_indices[1], m.seq_lens[1], self.scale,
-            batch.cascade, out=out[t:],
+            batch.cascade, out=out[t:], keys=m.decode_keys,
         )  # fmt: skip
         return out
