@@ -26,11 +26,14 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kMaxSplits = 64;
-// Balanced key splits (plan_decode, DecodeBalance): when a step's key counts are known, a request takes one split
-// per `chunk` keys, chunk being the step's keys per resident block (at least kMinSplitKeys), so one long request
-// no longer sets the launch's length; the grid then holds up to kBalanceWaves waves of blocks.
+// Balanced key splits (balanced_splits, DecodeBalance): when a step's key counts are known, a request takes one
+// split per `chunk` keys, chunk being a quarter of the keys each resident block would stream if the step's keys
+// were spread evenly (at least kMinSplitKeys), so no long request sets the launch's length; the grid then holds up
+// to kBalanceWaves waves of blocks. H200, 16-128 requests of 1-9k keys: 0-34% faster than the one-wave plan with
+// this quarter (the whole share: 0-30%); 0.2-2k keys and 150+ requests unchanged (docs/BENCHMARKS.md, session 11).
 constexpr int kMinSplitKeys = 2048;
-constexpr int kBalanceWaves = 8;
+constexpr int kBalanceDiv = 4;
+constexpr int kBalanceWaves = 16;
 constexpr int kMaxParts = kMaxSplits + 16;  // key splits + shared-prefix splits (kMaxSharedSplits)
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -649,8 +652,9 @@ struct DecodePlan {
 // chunks). base: about one wave of blocks, rounded down (every extra split writes float32 partials that are read
 // back, which at 8-64 requests x 1-2k keys costs more than the parallelism gains; H200: 14-24% faster than two
 // blocks per SM, docs/BENCHMARKS.md). With the step's key counts (bal.max_keys > 0) a request also takes one
-// split per `chunk` keys, chunk = the keys each resident block would stream if the step's keys were spread evenly
-// (at least kMinSplitKeys): the grid grows to fit the longest request, up to kBalanceWaves waves of blocks.
+// split per `chunk` keys, chunk = 1 / kBalanceDiv of the keys each resident block would stream if the step's keys
+// were spread evenly (at least kMinSplitKeys): the grid grows to fit the longest request, up to kBalanceWaves waves
+// of blocks. LITE_SRT_DECODE_MIN_KEYS / _BALANCE_DIV / _BALANCE_WAVES override the three for A/B runs.
 DecodeSplitPlan balanced_splits(int64_t blocks_per_req, int64_t batch, const DecodeBalance& bal) {
   const int64_t sms = current_num_sms();
   const int64_t blocks = std::max<int64_t>(1, batch * blocks_per_req);
@@ -659,8 +663,10 @@ DecodeSplitPlan balanced_splits(int64_t blocks_per_req, int64_t batch, const Dec
   DecodeSplitPlan p{base, std::max<int64_t>(min_keys, 1), base};
   // LITE_SRT_DECODE_BALANCE=0: the one-wave plan only (A/B runs).
   if (bal.max_keys <= 0 || min_keys <= 0 || env_int("LITE_SRT_DECODE_BALANCE", 1) == 0) return p;
-  p.chunk = std::max(min_keys, ceil_div(std::max<int64_t>(bal.total_keys, 0) * blocks_per_req, 2 * sms));
-  const int64_t cap = std::max(base, sms * 11 / 10 * kBalanceWaves / blocks);
+  const int64_t div = std::max(1, env_int("LITE_SRT_DECODE_BALANCE_DIV", kBalanceDiv));
+  p.chunk = std::max(min_keys, ceil_div(std::max<int64_t>(bal.total_keys, 0) * blocks_per_req, 2 * sms * div));
+  const int64_t waves = std::max(1, env_int("LITE_SRT_DECODE_BALANCE_WAVES", kBalanceWaves));
+  const int64_t cap = std::max(base, sms * 11 / 10 * waves / blocks);
   p.splits = std::min<int64_t>(std::clamp(ceil_div(bal.max_keys, p.chunk), base, cap), kMaxSplits);
   return p;
 }

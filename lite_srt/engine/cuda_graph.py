@@ -42,9 +42,8 @@ CASCADE_MIN_BS = 16  # smaller batches rarely hold groups worth the extra kernel
 # The best count runs from 1 (32 groups) to 4-8 (2-4 groups) on an H200 (docs/BENCHMARKS.md).
 GRAPH_SHARED_SPLITS = 8
 _ANY_SHARED = 1 << 30  # captured graphs take any shared length (the kernel reads the real one on the device)
-# Larger batches rarely hold a context many times the others' average, and their grid of mostly empty extra
-# splits would cost more.
-BALANCED_MAX_BS = 64
+# Past this the kernel's cap (16 waves of blocks) leaves no room for a second split anyway.
+BALANCED_MAX_BS = 144
 
 
 def capture_batch_sizes(max_bs: int) -> list[int]:
