@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from bench_kernels import bench as time_ms  # median of CUDA-event-timed calls; scripts/ is on sys.path
 
 from lite_srt import _C
 
@@ -93,22 +94,6 @@ def make_call(pieces: list[tuple[int, int]], scatter: bool, layout: str = "nhd")
         1 / math.sqrt(D),
     )
     return lambda: _C.extend_attention_cuda(*args)
-
-
-def time_ms(fn: Callable[[], object], iters: int = 20) -> float:
-    """Median of CUDA-event-timed calls."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[iters // 2]
 
 
 def with_kernel(kernel: str, fn: Callable[[], object]) -> float:
