@@ -24,7 +24,8 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from bench_kernels import bench as time_ms  # median of CUDA-event-timed calls; scripts/ is on sys.path
+from bench_decode_splits import kv_pool  # scripts/ is on sys.path when a script runs
+from bench_kernels import bench as time_ms  # median of CUDA-event-timed calls
 
 from lite_srt import _C
 
@@ -60,16 +61,10 @@ def pairs(pieces: list[tuple[int, int]]) -> float:
     return float(sum(e * p + e * (e + 1) / 2 for p, e in pieces))
 
 
-def kv_pool(slots: int, layout: str) -> torch.Tensor:
-    if layout == "hnd":
-        return torch.randn(HKV, slots, D, device=DEV, dtype=DT).transpose(0, 1)
-    return torch.randn(slots, HKV, D, device=DEV, dtype=DT)
-
-
 def make_call(pieces: list[tuple[int, int]], scatter: bool, layout: str = "nhd") -> Callable[[], object]:
     lens = [p + e for p, e in pieces]
     slots = sum(lens)
-    kc, vc = kv_pool(slots, layout), kv_pool(slots, layout)
+    kc, vc = kv_pool(slots, HKV, D, layout), kv_pool(slots, HKV, D, layout)
     order = torch.randperm(slots, dtype=torch.int32) if scatter else torch.arange(slots, dtype=torch.int32)
     table = torch.zeros(len(pieces), max(lens), dtype=torch.int32)
     at = 0

@@ -6,8 +6,9 @@
 // 3-stage shared-memory ring (the slot indices of later tiles are prefetched into shared memory, so no load
 // waits on an index load); each of the 4 warps takes 16 keys of a tile, runs S = Q K^T and O += P V with
 // ldmatrix + mma.sync, keeps its own online softmax, and the warps are merged through shared memory at the end.
-// Splits are chosen from the SM count so the grid fills the GPU; a second kernel merges their partials by
-// log-sum-exp.
+// Splits are chosen from the SM count so the grid fills the GPU and, given the step's key counts, so no long
+// request sets the launch's length (balanced_splits); the last split of a request merges the partials by
+// log-sum-exp (merge_if_last), or a second kernel does.
 //
 // SIMT path (float32, ROCm): a key is handled by head_dim / (16 B / sizeof(T)) lanes with 16-byte loads and the
 // group's query heads in registers; lane groups keep their own online softmax, merged through shared memory.
