@@ -238,13 +238,18 @@ def test_decode_attention_merges_splits_in_kernel(monkeypatch, splits, cascade) 
 
 def test_decode_split_plan_balances_a_long_request() -> None:
     """One 8k-key request among 23 of 512 keys: the one-wave plan gives every request one split, the balanced
-    plan sizes the grid so the long one takes several (keys per split = the step's keys per resident block, at
-    least 2048); uniform short requests stay on the one-wave plan, and no key counts means no balancing."""
+    plan sizes the grid so the long one takes several (keys per split = the step's keys per SM, within 512..2048);
+    uniform short requests stay on the one-wave plan, and no key counts means no balancing."""
+    sms = torch.cuda.get_device_properties(DEV).multi_processor_count
     total, longest = 23 * 512 + 8192, 8192
+    floor = min(max(-(-total * 8 // sms), 512), 2048)  # 8 block columns per request (8 KV heads)
     base, chunk, grid = _C.decode_split_plan_cuda(32, 8, 24, total, longest)
-    assert base == 1 and chunk == 2048 and grid == 4
-    assert _C.decode_split_plan_cuda(32, 8, 24, 24 * 512, 512) == (1, 2048, 1)
-    assert _C.decode_split_plan_cuda(32, 8, 24, 0, 0) == (1, 2048, 1)
+    assert base == max(1, sms * 11 // 10 // 192) and chunk == floor
+    assert grid == max(base, min(-(-longest // floor), sms * 11 // 10 * 16 // 192))
+    assert grid > base
+    short_floor = min(max(-(-24 * 512 * 8 // sms), 512), 2048)
+    assert _C.decode_split_plan_cuda(32, 8, 24, 24 * 512, 512) == (base, short_floor, base)
+    assert _C.decode_split_plan_cuda(32, 8, 24, 0, 0) == (base, 2048, base)
     with pytest.raises(ValueError, match="kv_heads"):
         _C.decode_split_plan_cuda(32, 0, 24, total, longest)
 

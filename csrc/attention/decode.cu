@@ -29,10 +29,13 @@ constexpr int kThreads = 128;
 constexpr int kMaxSplits = 64;
 // Balanced key splits (balanced_splits, DecodeBalance): when a step's key counts are known, a request takes one
 // split per `chunk` keys, chunk being a quarter of the keys each resident block would stream if the step's keys
-// were spread evenly (at least kMinSplitKeys), so no long request sets the launch's length; the grid then holds up
-// to kBalanceWaves waves of blocks. H200, 16-128 requests of 1-9k keys: 0-34% faster than the one-wave plan with
-// this quarter (the whole share: 0-30%); 0.2-2k keys and 150+ requests unchanged (docs/BENCHMARKS.md, session 11).
+// were spread evenly, but at least the keys each SM would stream (kept within [kMinSplitKeysShort,
+// kMinSplitKeys]), so no long request sets the launch's length; the grid then holds up to kBalanceWaves waves of
+// blocks. H200, 16-128 requests of 1-9k keys: 0-34% faster than the one-wave plan with this quarter (the whole
+// share: 0-30%); 150+ requests unchanged (session 11). The per-SM floor splits the 1-2k-key requests of a
+// 8-24-request step in two to four (a fixed 2048 left them whole: 17-23% slower, session 12).
 constexpr int kMinSplitKeys = 2048;
+constexpr int kMinSplitKeysShort = 512;
 constexpr int kBalanceDiv = 4;
 constexpr int kBalanceWaves = 16;
 constexpr int kMaxParts = kMaxSplits + 16;  // key splits + shared-prefix splits (kMaxSharedSplits)
@@ -654,13 +657,24 @@ struct DecodePlan {
 // back, which at 8-64 requests x 1-2k keys costs more than the parallelism gains; H200: 14-24% faster than two
 // blocks per SM, docs/BENCHMARKS.md). With the step's key counts (bal.max_keys > 0) a request also takes one
 // split per `chunk` keys, chunk = 1 / kBalanceDiv of the keys each resident block would stream if the step's keys
-// were spread evenly (at least kMinSplitKeys): the grid grows to fit the longest request, up to kBalanceWaves waves
-// of blocks. LITE_SRT_DECODE_MIN_KEYS / _BALANCE_DIV / _BALANCE_WAVES override the three for A/B runs.
+// were spread evenly, at least split_floor(...): the grid grows to fit the longest request, up to kBalanceWaves
+// waves of blocks. LITE_SRT_DECODE_MIN_KEYS (a fixed floor) / _BALANCE_DIV / _BALANCE_WAVES override the three
+// for A/B runs.
+//
+// The floor is the keys each SM would stream, so a split is never much shorter than an even share of the step
+// (every split costs a prologue and a partial to merge). Without a step total (a captured graph's grid, sized for
+// the longest context) it is kMinSplitKeys: the kernel clamps a step's finer splits to that grid.
+int64_t split_floor(int64_t blocks_per_req, int64_t total_keys, int64_t sms) {
+  if (const char* env = std::getenv("LITE_SRT_DECODE_MIN_KEYS")) return std::atoi(env);
+  if (total_keys <= 0) return kMinSplitKeys;
+  return std::clamp<int64_t>(ceil_div(total_keys * blocks_per_req, sms), kMinSplitKeysShort, kMinSplitKeys);
+}
+
 DecodeSplitPlan balanced_splits(int64_t blocks_per_req, int64_t batch, const DecodeBalance& bal) {
   const int64_t sms = current_num_sms();
   const int64_t blocks = std::max<int64_t>(1, batch * blocks_per_req);
   const int64_t base = std::clamp<int64_t>(sms * 11 / 10 / blocks, 1, kMaxSplits);
-  const int64_t min_keys = env_int("LITE_SRT_DECODE_MIN_KEYS", kMinSplitKeys);
+  const int64_t min_keys = split_floor(blocks_per_req, bal.total_keys, sms);
   DecodeSplitPlan p{base, std::max<int64_t>(min_keys, 1), base};
   // LITE_SRT_DECODE_BALANCE=0: the one-wave plan only (A/B runs).
   if (bal.max_keys <= 0 || min_keys <= 0 || env_int("LITE_SRT_DECODE_BALANCE", 1) == 0) return p;
