@@ -43,7 +43,8 @@ def time_batch(lens: list[int], max_context: int) -> dict:
     counters = torch.zeros(bs * HQ, dtype=torch.int32, device=DEV)
     base, chunk, splits = _C.decode_split_plan_cuda(HQ, HKV, bs, total, longest)
     chunk_t = torch.tensor([chunk], device=DEV)
-    balance = {"one-wave": (), "balanced": (total, longest), "graph-style": (total, max_context, chunk_t)}
+    # A captured graph's grid is planned without the step's total (cuda_graph.GraphInputs.batch), as here.
+    balance = {"one-wave": (), "balanced": (total, longest), "graph-style": (0, max_context, chunk_t)}
     outs, ms = {}, {}
     for name, extra in balance.items():
         out = torch.empty_like(q)

@@ -245,7 +245,7 @@ def test_decode_split_plan_balances_a_long_request() -> None:
     floor = min(max(-(-total * 8 // sms), 512), 2048)  # 8 block columns per request (8 KV heads)
     base, chunk, grid = _C.decode_split_plan_cuda(32, 8, 24, total, longest)
     assert base == max(1, sms * 11 // 10 // 192) and chunk == floor
-    assert grid == max(base, min(-(-longest // floor), sms * 11 // 10 * 16 // 192))
+    assert grid == max(base, min(-(-longest // floor), sms * 11 // 10 * 64 // 192))
     assert grid > base
     short_floor = min(max(-(-24 * 512 * 8 // sms), 512), 2048)
     assert _C.decode_split_plan_cuda(32, 8, 24, 24 * 512, 512) == (base, short_floor, base)

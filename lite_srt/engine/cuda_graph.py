@@ -42,8 +42,9 @@ CASCADE_MIN_BS = 16  # smaller batches rarely hold groups worth the extra kernel
 # The best count runs from 1 (32 groups) to 4-8 (2-4 groups) on an H200 (docs/BENCHMARKS.md).
 GRAPH_SHARED_SPLITS = 8
 _ANY_SHARED = 1 << 30  # captured graphs take any shared length (the kernel reads the real one on the device)
-# Past this the kernel's cap (16 waves of blocks) leaves no room for a second split anyway.
-BALANCED_MAX_BS = 144
+# Balanced twins up to this size: 160-224 requests of 1-9k keys still gain from splitting their longest requests
+# in two (csrc/attention/decode.cu, kBalanceWaves), and every size captured twice costs startup time.
+BALANCED_MAX_BS = 256
 
 
 def capture_batch_sizes(max_bs: int) -> list[int]:
