@@ -27,14 +27,10 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kMaxSplits = 64;
-// Balanced key splits (balanced_splits, DecodeBalance): when a step's key counts are known, a request takes one
-// split per `chunk` keys, chunk being a quarter of the keys each resident block would stream if the step's keys
-// were spread evenly, but at least the keys each SM would stream (kept within [kMinSplitKeysShort,
-// kMinSplitKeys]), so no long request sets the launch's length; the grid then holds up to kBalanceWaves waves of
-// blocks. H200, 16-128 requests of 1-9k keys: 0-34% faster than the one-wave plan with this quarter (the whole
-// share: 0-30%, session 11). The per-SM floor splits the 1-2k-key requests of a 8-24-request step in two to four
-// (a fixed 2048 left them whole: 17-23% slower), and 64 waves (16 before) let 160-224 requests of 1-9k keys split
-// their longest in two (2% faster; session 12).
+// Balanced key splits (the rule is at balanced_splits and split_floor). H200 (docs/BENCHMARKS.md): 16-128 requests of
+// 1-9k keys 0-34% faster than the one-wave plan with the quarter (kBalanceDiv; the whole share: 0-30%); the per-SM
+// floor instead of a fixed 2048 makes 8-24 requests of 0.1-2k keys 17-23% faster; 64 waves instead of 16 let 160-224
+// requests of 1-9k keys split their longest in two (2% faster).
 constexpr int kMinSplitKeys = 2048;
 constexpr int kMinSplitKeysShort = 512;
 constexpr int kBalanceDiv = 4;
