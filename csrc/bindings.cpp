@@ -643,6 +643,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_cascade_splits_cuda", &decode_cascade_splits,
         "splits of a cascade's shared keys for a step's groups on the current device", py::arg("q_heads"),
         py::arg("kv_heads"), py::arg("num_groups"), py::arg("max_group"), py::arg("max_shared"));
+  m.def(
+      "decode_cascade_shared_kernel_cuda",
+      [](const at::Tensor& q) {
+        return decode_cascade_shared_kernel(activation_dtype(q, "decode_cascade_shared_kernel", "q"), q.size(-1));
+      },
+      "which kernel runs a cascade's shared pass for q's dtype and head dim: wgmma, mma or none", py::arg("q"));
   m.def("extend_attention_cuda", &extend_attention_cuda, py::arg("out"), py::arg("q"), py::arg("k_cache"),
         py::arg("v_cache"), py::arg("req_to_token"), py::arg("req_pool_indices"), py::arg("seq_lens"),
         py::arg("extend_lens"), py::arg("extend_start_loc"), py::arg("scale"));

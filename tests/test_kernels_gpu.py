@@ -117,9 +117,15 @@ def make_cascade_table(groups: list[tuple[int, int]], own: list[int], s: int) ->
     ],
     ids=["one-group-2k", "mixed-with-loner", "many-groups", "one-split"],
 )
-def test_decode_attention_cascade_matches_reference(dtype, hq, hkv, d, groups, own) -> None:
+@pytest.mark.parametrize("shared_kernel", ["default", "mma"])
+def test_decode_attention_cascade_matches_reference(
+    monkeypatch, dtype, hq, hkv, d, groups, own, shared_kernel
+) -> None:
     """Rows of a group attend their shared prefix through the shared kernel and their own keys through the decode
-    kernel; merged, the result is plain attention over the whole row (and rows in no group are untouched)."""
+    kernel; merged, the result is plain attention over the whole row (and rows in no group are untouched). The
+    shared pass runs on the default kernel (wgmma on Hopper) and on the mma.sync one, forced."""
+    if shared_kernel != "default":
+        monkeypatch.setenv("LITE_SRT_CASCADE_KERNEL", shared_kernel)
     s = sum(length for _, length in groups) + sum(own) + 9
     table, rows, lens, shared, starts, sizes = make_cascade_table(groups, own, s)
     k_cache = torch.randn(s, hkv, d, device=DEV, dtype=dtype)
@@ -136,6 +142,18 @@ def test_decode_attention_cascade_matches_reference(dtype, hq, hkv, d, groups, o
     plain = torch.full_like(q, float("nan"))
     _C.decode_attention_cuda(plain, q, k_cache, v_cache, table, rows, lens, scale)
     assert_close_rel(out, plain)
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_cascade_shared_pass_runs_on_wgmma_on_hopper(monkeypatch, d) -> None:
+    """The shared pass uses the wgmma kernel wherever the build holds sm_90a code for a Hopper GPU (setup.py builds
+    90a by default), mma.sync elsewhere or when forced, and none for float32 (no cascade there)."""
+    q = torch.empty(1, 8, d, device=DEV, dtype=torch.bfloat16)
+    hopper = torch.cuda.get_device_capability() == (9, 0)
+    assert _C.decode_cascade_shared_kernel_cuda(q) == ("wgmma" if hopper else "mma")
+    assert _C.decode_cascade_shared_kernel_cuda(q.float()) == "none"
+    monkeypatch.setenv("LITE_SRT_CASCADE_KERNEL", "mma")
+    assert _C.decode_cascade_shared_kernel_cuda(q) == "mma"
 
 
 def cascade_case(groups, own, hkv: int, d: int, dtype: torch.dtype):

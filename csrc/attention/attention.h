@@ -4,6 +4,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <string>
 
 #include "../kernel_args.h"
 
@@ -39,5 +40,10 @@ DecodeSplitPlan decode_split_plan(int64_t q_heads, int64_t kv_heads, int64_t bat
 // picks; captured graphs write it to CascadeArgs::split_count each step).
 int decode_cascade_splits(int64_t q_heads, int64_t kv_heads, int64_t num_groups, int64_t max_group,
                           int64_t max_shared);
+
+// Which kernel runs a cascade's shared pass for this dtype and head dim on the current device: "wgmma" (Hopper,
+// sm_90a build), "mma" (other tensor-core GPUs, or LITE_SRT_CASCADE_KERNEL=mma) or "none" (float32, ROCm: no
+// cascade).
+std::string decode_cascade_shared_kernel(DType dtype, int64_t head_dim);
 
 }  // namespace lite_srt

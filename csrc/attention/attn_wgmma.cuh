@@ -249,6 +249,127 @@ __device__ __forceinline__ void wgmma_m64n128k16_ss(float (&d)[16][4], uint64_t 
 #undef LITE_SRT_WGMMA_N128_D
 #undef LITE_SRT_WGMMA_N128_OUT
 
+// Pieces of the attention kernels' wgmma tile loops (extend_wgmma_kernel, extend_wgmma_ws_kernel, the cascade's
+// shared pass in decode.cu).
+
+// Gathers kKeys K and V rows by slot into swizzled tiles ([D / 64][kKeys][64] each; slots < 0 are zero-filled)
+// with the kThreads threads of one warpgroup (tid: index within it): consecutive threads take consecutive 16-byte
+// chunks of a row. A thread keeps one column and steps by a multiple of 8 rows, so its swizzle phase is fixed and
+// every destination is one base plus a constant: the 40-register producer of extend_wgmma_ws_kernel cannot afford
+// per-copy address arithmetic.
+template <typename T, int D, int kKeys, int kThreads>
+__device__ __forceinline__ void issue_kv_tile_sw128_wg(int tid, T* ks, T* vs, const int* slots, const T* k_base,
+                                                       int64_t k_row, const T* v_base, int64_t v_row) {
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  constexpr int kRowStep = kThreads / kChunks;
+  static_assert(kThreads % kChunks == 0 && kRowStep % 8 == 0 && kKeys % kRowStep == 0, "fixed swizzle phase");
+  const int r0 = tid / kChunks;
+  const int col = (tid % kChunks) * 8;
+  const int off = sw128_offset<kKeys>(r0, col);
+  const T* kc = k_base + col;
+  const T* vc = v_base + col;
+#pragma unroll
+  for (int i = 0; i < kKeys / kRowStep; ++i) {
+    const int slot = slots[r0 + i * kRowStep];
+    const int64_t s = slot < 0 ? 0 : slot;
+    cp_async_16(ks + off + i * kRowStep * 64, kc + s * k_row, slot >= 0);
+    cp_async_16(vs + off + i * kRowStep * 64, vc + s * v_row, slot >= 0);
+  }
+}
+
+// S[64 x kKeys] = Q K^T for one warpgroup: D / 16 steps of kKeys / 64 wgmma (64 keys each), issued and committed,
+// not waited for.
+template <typename T, int D, int kKeys>
+__device__ __forceinline__ void issue_qk(float (&s)[kKeys / 8][4], const uint32_t (&qa)[D / 16][4], uint32_t k_addr) {
+#pragma unroll
+  for (int n = 0; n < kKeys / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+  fence_regs(s);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+    for (int h = 0; h < kKeys / 64; ++h) {
+      // K-major B: column block kk / 4 of the tile, 32 bytes (16 values of d) per step inside the 128-byte row;
+      // keys 64 h.. start 64 rows (8 KB) further.
+      const uint64_t desc =
+          sw128_desc(k_addr + (kk >> 2) * (kKeys * 128) + h * (64 * 128) + (kk & 3) * 32, 16, 1024);
+      wgmma_m64n64k16_rs<T, 0>(*reinterpret_cast<float(*)[8][4]>(&s[h * 8][0]), qa[kk], desc);
+    }
+  }
+  wgmma_commit();
+}
+
+// O[64 x D] += P V for one warpgroup (P as A fragments of kKeys / 16 16-key steps), issued and committed, not
+// waited for.
+// kWide (D = 128): one m64n128k16 per 16 keys spans both 64-wide column blocks of V; o[2][8][4] is then the
+// instruction's [16][4] accumulator, column block by column block.
+template <typename T, int D, int kKeys, bool kWide = false>
+__device__ __forceinline__ void issue_pv(float (&o)[D / 64][8][4], const uint32_t (&pa)[kKeys / 16][4],
+                                         uint32_t v_addr) {
+  static_assert(!kWide || D == 128, "the wide form covers d = 128");
+#pragma unroll
+  for (int c = 0; c < D / 64; ++c) fence_regs(o[c]);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < kKeys / 16; ++kk) {
+    if constexpr (kWide) {
+      // MN-major B over two column blocks: the leading offset steps from one to the next (kKeys rows of 128 B).
+      const uint64_t desc = sw128_desc(v_addr + kk * 16 * 128, kKeys * 128, 1024);
+      wgmma_m64n128k16_rs<T, 1>(*reinterpret_cast<float(*)[16][4]>(&o[0][0][0]), pa[kk], desc);
+    } else {
+#pragma unroll
+      for (int c = 0; c < D / 64; ++c) {
+        // MN-major B: 16 keys = 16 rows of 128 bytes per step; one 64-wide column block per instruction, so the
+        // leading (column-block) offset is never used and the 8-row stride is 1024 bytes.
+        const uint64_t desc = sw128_desc(v_addr + c * (kKeys * 128) + kk * 16 * 128, 1024, 1024);
+        wgmma_m64n64k16_rs<T, 1>(o[c], pa[kk], desc);
+      }
+    }
+  }
+  wgmma_commit();
+}
+
+// O = 0 for the online softmax (D / 64 column blocks of the warp's 16 x 64 accumulators).
+template <int kChunksD>
+__device__ __forceinline__ void zero_rows(float (&o)[kChunksD][8][4]) {
+#pragma unroll
+  for (int c = 0; c < kChunksD; ++c)
+#pragma unroll
+    for (int n = 0; n < 8; ++n) o[c][n][0] = o[c][n][1] = o[c][n][2] = o[c][n][3] = 0.0f;
+}
+
+// P, in S's accumulator layout, as the 16-bit A fragments of the P V product.
+template <typename T, int kKeys>
+__device__ __forceinline__ void pack_p(uint32_t (&pa)[kKeys / 16][4], const float (&s)[kKeys / 8][4]) {
+#pragma unroll
+  for (int kk = 0; kk < kKeys / 16; ++kk) {
+    pa[kk][0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+    pa[kk][1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+    pa[kk][2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+    pa[kk][3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+  }
+}
+
 }  // namespace attn
+
+// True when Kernel was loaded from sm_90a machine code on a compute capability 9.x device (a build without the
+// sm_90a target gives an empty wgmma kernel, which must never be launched). Cached per device.
+template <auto Kernel>
+bool has_sm90a_code() {
+  static int cached[64];  // 0 unknown, 1 yes, 2 no
+  int dev = 0;
+  cudaGetDevice(&dev);
+  if (dev < 0 || dev >= 64) dev = 0;
+  if (cached[dev] == 0) {
+    cudaFuncAttributes attr{};
+    int major = 0;
+    const bool ok = cudaFuncGetAttributes(&attr, Kernel) == cudaSuccess &&
+                    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess;
+    cached[dev] = ok && major == 9 && attr.binaryVersion == 90 ? 1 : 2;
+    cudaGetLastError();  // a failed query is an answer ("no"), not an error for the next launch to report
+  }
+  return cached[dev] == 1;
+}
+
 }  // namespace lite_srt
 #endif  // !USE_ROCM

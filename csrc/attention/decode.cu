@@ -16,11 +16,13 @@
 #include <cfloat>
 #include <cstdlib>
 #include <stdexcept>
+#include <string>
 
 #include "../cuda_utils.cuh"
 #include "../launch.cuh"
 #include "attention.h"
 #include "attn_mma.cuh"
+#include "attn_wgmma.cuh"
 
 namespace lite_srt {
 namespace {
@@ -208,21 +210,50 @@ constexpr size_t decode_smem_bytes() {
   return (kv > merge ? kv : merge) + kStages * kTileKeys * sizeof(int);
 }
 
+// The cascade's shared pass on wgmma (decode_shared_kernel<T, D, true>, sm_90a): the same ring in the 128-byte-
+// swizzled layout the wgmma descriptors read ([D / 64][kTileKeys][64] per tile, no padding), 1024-byte aligned.
+template <typename T, int D>
+constexpr size_t decode_sw128_smem_bytes() {
+  return 1024 + 2 * kStages * kTileKeys * D * sizeof(T) + kStages * kTileKeys * sizeof(int);
+}
+
 // Streams keys [j_begin, j_end) of one table row through a kStages-deep shared-memory ring in 64-key tiles
 // gathered with cp.async, and calls body(k_tile, v_tile, j0) once per tile (j0 = its first key) while the tile
 // is visible to the whole block. Slot indices run two tiles ahead of the K/V copies: the ring holds the slots of
 // the next kStages tiles, two registers the two after, so issuing a copy never waits on a table load. Every
-// thread of the block must call it; on return the ring may be reused.
-template <typename T, int D, typename Body>
+// thread of the block must call it; on return the ring may be reused. kSw128: tiles in the swizzled layout
+// (decode_sw128_smem_bytes), published to the async proxy for wgmma.
+template <typename T, int D, bool kSw128 = false, typename Body>
 __device__ __forceinline__ void stream_kv_tiles(const AttentionArgs& a, int64_t table_row, int64_t j_begin,
                                                 int64_t j_end, const T* k_base, const T* v_base,
                                                 unsigned char* smem_raw, Body&& body) {
   using Tile = attn::KVTile<T, D, kTileKeys>;
-  T* ks = reinterpret_cast<T*>(smem_raw);
-  T* vs = ks + kStages * Tile::kElems;
-  int* sm_slot = reinterpret_cast<int*>(smem_raw + decode_smem_bytes<T, D>() - kStages * kTileKeys * sizeof(int));
+  constexpr int kElems = kSw128 ? kTileKeys * D : Tile::kElems;
+  T* ks;
+  int* sm_slot;
+  if constexpr (kSw128) {
+    // Swizzle atoms need 1024-byte alignment, which the dynamic shared-memory base does not promise.
+    const uint32_t raw_addr = attn::smem_u32(smem_raw);
+    ks = reinterpret_cast<T*>(smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr));
+    sm_slot = reinterpret_cast<int*>(ks + 2 * kStages * kElems);
+  } else {
+    ks = reinterpret_cast<T*>(smem_raw);
+    sm_slot = reinterpret_cast<int*>(smem_raw + decode_smem_bytes<T, D>() - kStages * kTileKeys * sizeof(int));
+  }
+  T* vs = ks + kStages * kElems;
   const int n_tiles = j_end > j_begin ? static_cast<int>(ceil_div(j_end - j_begin, kTileKeys)) : 0;
   const int tid = threadIdx.x;
+  auto issue = [&](int stage, int ring) {
+    if constexpr (kSw128) {
+      attn::issue_kv_tile_sw128_wg<T, D, kTileKeys, kMmaThreads>(tid, ks + stage * kElems, vs + stage * kElems,
+                                                                 sm_slot + ring * kTileKeys, k_base, a.k_stride.row,
+                                                                 v_base, a.v_stride.row);
+    } else {
+      attn::issue_kv_tile<T, D, kTileKeys, kMmaThreads>(ks + stage * kElems, vs + stage * kElems,
+                                                        sm_slot + ring * kTileKeys, k_base, a.k_stride.row, v_base,
+                                                        a.v_stride.row);
+    }
+  };
   int next0 = -1, next1 = -1;
   if (tid < kTileKeys) {
 #pragma unroll
@@ -233,23 +264,15 @@ __device__ __forceinline__ void stream_kv_tiles(const AttentionArgs& a, int64_t 
   __syncthreads();
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    if (s < n_tiles) {
-      attn::issue_kv_tile<T, D, kTileKeys, kMmaThreads>(ks + s * Tile::kElems, vs + s * Tile::kElems,
-                                                        sm_slot + s * kTileKeys, k_base, a.k_stride.row, v_base,
-                                                        a.v_stride.row);
-    }
+    if (s < n_tiles) issue(s, s);
     attn::cp_async_commit();
   }
   for (int it = 0; it < n_tiles; ++it) {
     attn::cp_async_wait<kStages - 2>();
+    if constexpr (kSw128) attn::fence_proxy_async();  // cp.async wrote through the generic proxy; wgmma reads async
     __syncthreads();  // tile `it` is visible to all; every warp is done with the stage refilled below
     const int pre = it + kStages - 1;
-    if (pre < n_tiles) {
-      const int st_i = pre % kStages;
-      attn::issue_kv_tile<T, D, kTileKeys, kMmaThreads>(ks + st_i * Tile::kElems, vs + st_i * Tile::kElems,
-                                                        sm_slot + st_i * kTileKeys, k_base, a.k_stride.row, v_base,
-                                                        a.v_stride.row);
-    }
+    if (pre < n_tiles) issue(pre % kStages, pre % kStages);
     attn::cp_async_commit();
     if (tid < kTileKeys) {  // the ring entry of tile `it` is free: it now holds tile it + kStages
       sm_slot[(it % kStages) * kTileKeys + tid] = next0;
@@ -257,7 +280,7 @@ __device__ __forceinline__ void stream_kv_tiles(const AttentionArgs& a, int64_t 
       next1 = attn::slot_at(a, table_row, j_begin + (it + kStages + 2) * static_cast<int64_t>(kTileKeys) + tid, j_end);
     }
     const int stage = it % kStages;
-    body(ks + stage * Tile::kElems, vs + stage * Tile::kElems, j_begin + static_cast<int64_t>(it) * kTileKeys);
+    body(ks + stage * kElems, vs + stage * kElems, j_begin + static_cast<int64_t>(it) * kTileKeys);
   }
   attn::cp_async_wait<0>();
   __syncthreads();
@@ -498,10 +521,17 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
 // GQA-4 model), so one K/V tile feeds up to 64 rows of mma instead of one request's few heads. Each warp sees
 // every key of a tile and owns its rows' softmax, so no cross-warp merge is needed; the partial goes to the
 // workspace as the part num_splits + split of each row.
-template <typename T, int D>
+// kWgmma (sm_90a only; launched where has_sm90a_code says the binary holds it): both products on warpgroup mma.
+// The block's 64 rows are then one wgmma M tile, so each K/V tile is read from shared memory once per product for
+// all of them (the mma.sync warps each re-read it through ldmatrix for their own 16 rows), at Hopper's
+// tensor-core rate. Per tile: S, wait, softmax, P V, wait; the SM's other block fills the tensor cores meanwhile.
+template <typename T, int D, bool kWgmma>
 __global__ void __launch_bounds__(kMmaThreads, 2)
     decode_shared_kernel(AttentionArgs a, CascadeArgs c, int num_splits, int parts, int row_chunks, float* ws_out,
                          float* ws_lse) {
+#if !defined(LITE_SRT_SM90A)
+  if constexpr (kWgmma) return;  // no wgmma here: never launched (has_sm90a_code)
+#endif
   extern __shared__ __align__(16) unsigned char smem_raw[];
   pdl_wait();
   pdl_launch_dependents();
@@ -544,24 +574,49 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
     const int64_t q1 = v1 ? (b0 + (r0 + 8) / gh) * a.q_stride.row + (kvh * gh + (r0 + 8) % gh) * a.q_stride.head : 0;
     attn::load_q_frags<T, D>(qa, q + q0, q + q1, v0, v1, tig);
   }
-  float o[D / 8][4];
-#pragma unroll
-  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  // The wgmma accumulators [D / 64][8][4] hold the same (row, column) per register as mma.sync's [D / 8][4].
+  float o_wg[D / 64][8][4];
+  attn::zero_rows(o_wg);
+  float(&o)[D / 8][4] = *reinterpret_cast<float(*)[D / 8][4]>(&o_wg[0][0][0]);
   attn::RowState st;
   const float qk_scale = a.scale * attn::kLog2e;
   const T* k_base = static_cast<const T*>(a.k_cache) + kvh * a.k_stride.head;
   const T* v_base = static_cast<const T*>(a.v_cache) + kvh * a.v_stride.head;
 
-  stream_kv_tiles<T, D>(a, table_row, j_begin, j_end, k_base, v_base, smem_raw,
-                        [&](const T* k_tile, const T* v_tile, int64_t j0) {
-                          float s[kTileKeys / 8][4];
+  if constexpr (kWgmma) {
+    stream_kv_tiles<T, D, true>(a, table_row, j_begin, j_end, k_base, v_base, smem_raw,
+                                [&](const T* k_tile, const T* v_tile, int64_t j0) {
+                                  float s[kTileKeys / 8][4];
+                                  attn::issue_qk<T, D, kTileKeys>(s, qa, attn::smem_u32(k_tile));
+                                  attn::wgmma_wait<0>();
+                                  attn::fence_regs(s);
+                                  mask_tail<kTileKeys / 8>(s, j0, j_end, tig);
+                                  float alpha0, alpha1;
+                                  attn::softmax_probs<kTileKeys / 8>(s, st, qk_scale, alpha0, alpha1);
 #pragma unroll
-                          for (int n = 0; n < kTileKeys / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-                          attn::qk_tile<T, D, kTileKeys / 8>(s, qa, k_tile, lane);
-                          mask_tail<kTileKeys / 8>(s, j0, j_end, tig);
-                          attn::softmax_step<kTileKeys / 8, D / 8>(s, o, st, qk_scale);
-                          attn::pv_tile<T, D, kTileKeys / 8>(o, s, v_tile, lane);
-                        });
+                                  for (int cb = 0; cb < D / 64; ++cb) {
+                                    attn::fence_regs(o_wg[cb]);
+                                    attn::rescale_rows<8>(o_wg[cb], alpha0, alpha1);
+                                  }
+                                  uint32_t pa[kTileKeys / 16][4];
+                                  attn::pack_p<T, kTileKeys>(pa, s);
+                                  attn::issue_pv<T, D, kTileKeys>(o_wg, pa, attn::smem_u32(v_tile));
+                                  attn::wgmma_wait<0>();
+#pragma unroll
+                                  for (int cb = 0; cb < D / 64; ++cb) attn::fence_regs(o_wg[cb]);
+                                });
+  } else {
+    stream_kv_tiles<T, D>(a, table_row, j_begin, j_end, k_base, v_base, smem_raw,
+                          [&](const T* k_tile, const T* v_tile, int64_t j0) {
+                            float s[kTileKeys / 8][4];
+#pragma unroll
+                            for (int n = 0; n < kTileKeys / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+                            attn::qk_tile<T, D, kTileKeys / 8>(s, qa, k_tile, lane);
+                            mask_tail<kTileKeys / 8>(s, j0, j_end, tig);
+                            attn::softmax_step<kTileKeys / 8, D / 8>(s, o, st, qk_scale);
+                            attn::pv_tile<T, D, kTileKeys / 8>(o, s, v_tile, lane);
+                          });
+  }
 
   const float l0 = attn::quad_sum(st.l0), l1 = attn::quad_sum(st.l1);
   const int p = num_splits + static_cast<int>(blockIdx.x);
@@ -749,6 +804,15 @@ void launch_simt_gmax(const AttentionArgs& a, int splits, float* ws_out, float* 
 }
 
 #if !defined(USE_ROCM)
+// The cascade's shared pass runs on wgmma where the binary holds its sm_90a code (Hopper).
+// LITE_SRT_CASCADE_KERNEL=mma forces the mma.sync kernel (A/B runs, tests); read at every launch plan.
+template <typename T, int D>
+bool shared_pass_on_wgmma() {
+  const char* v = std::getenv("LITE_SRT_CASCADE_KERNEL");
+  if (v != nullptr && std::string(v) == "mma") return false;
+  return has_sm90a_code<decode_shared_kernel<T, D, true>>();
+}
+
 // The tensor-core kernels of a step: the cascade's shared pass (if any), then every row's own keys. With
 // merge_counters (non-null) the last split of each (request, head chunk) merges its rows in the kernel.
 template <typename T, int D>
@@ -758,11 +822,18 @@ void launch_mma(const AttentionArgs& a, const CascadeArgs* c, const DecodePlan& 
   IndexArray shared_lens{nullptr, false};
   if (plan.shared_splits > 0) {
     shared_lens = c->shared_lens;
-    set_smem_opt_in<decode_shared_kernel<T, D>>(smem);
     const dim3 sgrid(plan.shared_splits, static_cast<unsigned>(a.kv_heads * plan.row_chunks),
                      static_cast<unsigned>(c->num_groups));
-    launch_kernel(decode_shared_kernel<T, D>, sgrid, kMmaThreads, smem, stream, a, *c, plan.splits,
-                  plan.parts(), plan.row_chunks, ws_out, ws_lse);
+    if (shared_pass_on_wgmma<T, D>()) {
+      constexpr size_t wsmem = decode_sw128_smem_bytes<T, D>();
+      set_smem_opt_in<decode_shared_kernel<T, D, true>>(wsmem);
+      launch_kernel(decode_shared_kernel<T, D, true>, sgrid, kMmaThreads, wsmem, stream, a, *c, plan.splits,
+                    plan.parts(), plan.row_chunks, ws_out, ws_lse);
+    } else {
+      set_smem_opt_in<decode_shared_kernel<T, D, false>>(smem);
+      launch_kernel(decode_shared_kernel<T, D, false>, sgrid, kMmaThreads, smem, stream, a, *c, plan.splits,
+                    plan.parts(), plan.row_chunks, ws_out, ws_lse);
+    }
   }
   // Splits vary slowest, so the blocks of split 0 (every request's first, the only one of a short request) are
   // dispatched first and a request's unused splits, which leave at once, take SM slots only after them.
@@ -814,6 +885,21 @@ int decode_cascade_splits(int64_t q_heads, int64_t kv_heads, int64_t num_groups,
   const int64_t want = static_cast<int64_t>(current_num_sms()) * 2 / shared_blocks;
   const int64_t by_len = std::max<int64_t>(1, max_shared / (2 * kTileKeys));
   return static_cast<int>(std::clamp<int64_t>(want, 1, std::min<int64_t>(kMaxSharedSplits, by_len)));
+}
+
+std::string decode_cascade_shared_kernel(DType dtype, int64_t head_dim) {
+  std::string kernel = "none";
+#if !defined(USE_ROCM)
+  if (dtype == DType::kFloat32) return kernel;
+  dispatch_cuda_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (sizeof(T) == 2) {
+      const bool wg = head_dim == 64 ? shared_pass_on_wgmma<T, 64>() : shared_pass_on_wgmma<T, 128>();
+      kernel = wg ? "wgmma" : "mma";
+    }
+  });
+#endif
+  return kernel;
 }
 
 DecodeSplitPlan decode_split_plan(int64_t q_heads, int64_t kv_heads, int64_t batch, int64_t total_keys,

@@ -439,28 +439,6 @@ __device__ __forceinline__ void issue_kv_tile_sw128(T* ks, T* vs, const int* slo
 }
 
 #if defined(LITE_SRT_SM90A)
-// S[64 x kKeys] = Q K^T for one warpgroup: D / 16 steps of kKeys / 64 wgmma (64 keys each), issued and committed,
-// not waited for.
-template <typename T, int D, int kKeys>
-__device__ __forceinline__ void issue_qk(float (&s)[kKeys / 8][4], const uint32_t (&qa)[D / 16][4], uint32_t k_addr) {
-#pragma unroll
-  for (int n = 0; n < kKeys / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-  attn::fence_regs(s);
-  attn::wgmma_fence();
-#pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {
-#pragma unroll
-    for (int h = 0; h < kKeys / 64; ++h) {
-      // K-major B: column block kk / 4 of the tile, 32 bytes (16 values of d) per step inside the 128-byte row;
-      // keys 64 h.. start 64 rows (8 KB) further.
-      const uint64_t desc =
-          attn::sw128_desc(k_addr + (kk >> 2) * (kKeys * 128) + h * (64 * 128) + (kk & 3) * 32, 16, 1024);
-      attn::wgmma_m64n64k16_rs<T, 0>(*reinterpret_cast<float(*)[8][4]>(&s[h * 8][0]), qa[kk], desc);
-    }
-  }
-  attn::wgmma_commit();
-}
-
 // The same with Q in shared memory (this warpgroup's 64 rows, swizzled [D / 64][64][64]) as the A operand.
 // kWide (128-key tiles): one m64n128k16 per step over all the tile's keys, which are 128 consecutive 128-byte rows
 // of each column block, so Q is read from shared memory once per step instead of twice.
@@ -489,60 +467,10 @@ __device__ __forceinline__ void issue_qk_ss(float (&s)[kKeys / 8][4], uint32_t q
   attn::wgmma_commit();
 }
 
-// O[64 x D] += P V for one warpgroup (P as A fragments of kKeys / 16 16-key steps), issued and committed, not
-// waited for.
-// kWide (D = 128): one m64n128k16 per 16 keys spans both 64-wide column blocks of V; o[2][8][4] is then the
-// instruction's [16][4] accumulator, column block by column block.
-template <typename T, int D, int kKeys, bool kWide = false>
-__device__ __forceinline__ void issue_pv(float (&o)[D / 64][8][4], const uint32_t (&pa)[kKeys / 16][4],
-                                         uint32_t v_addr) {
-  static_assert(!kWide || D == 128, "the wide form covers d = 128");
-#pragma unroll
-  for (int c = 0; c < D / 64; ++c) attn::fence_regs(o[c]);
-  attn::wgmma_fence();
-#pragma unroll
-  for (int kk = 0; kk < kKeys / 16; ++kk) {
-    if constexpr (kWide) {
-      // MN-major B over two column blocks: the leading offset steps from one to the next (kKeys rows of 128 B).
-      const uint64_t desc = attn::sw128_desc(v_addr + kk * 16 * 128, kKeys * 128, 1024);
-      attn::wgmma_m64n128k16_rs<T, 1>(*reinterpret_cast<float(*)[16][4]>(&o[0][0][0]), pa[kk], desc);
-    } else {
-#pragma unroll
-      for (int c = 0; c < D / 64; ++c) {
-        // MN-major B: 16 keys = 16 rows of 128 bytes per step; one 64-wide column block per instruction, so the
-        // leading (column-block) offset is never used and the 8-row stride is 1024 bytes.
-        const uint64_t desc = attn::sw128_desc(v_addr + c * (kKeys * 128) + kk * 16 * 128, 1024, 1024);
-        attn::wgmma_m64n64k16_rs<T, 1>(o[c], pa[kk], desc);
-      }
-    }
-  }
-  attn::wgmma_commit();
-}
 #endif  // LITE_SRT_SM90A
 
 // The pieces of a wgmma kernel's tile loop and epilogue that do not touch the tensor cores, shared by
 // extend_wgmma_kernel and extend_wgmma_ws_kernel (one warp's two rows tr0 = tr1 - 8 of S and O), besides mask_tile.
-
-// O = 0 for the online softmax (D / 64 column blocks of the warp's 16 x 64 accumulators).
-template <int kChunksD>
-__device__ __forceinline__ void zero_rows(float (&o)[kChunksD][8][4]) {
-#pragma unroll
-  for (int c = 0; c < kChunksD; ++c)
-#pragma unroll
-    for (int n = 0; n < 8; ++n) o[c][n][0] = o[c][n][1] = o[c][n][2] = o[c][n][3] = 0.0f;
-}
-
-// P, in S's accumulator layout, as the 16-bit A fragments of the P V product.
-template <typename T, int kKeys>
-__device__ __forceinline__ void pack_p(uint32_t (&pa)[kKeys / 16][4], const float (&s)[kKeys / 8][4]) {
-#pragma unroll
-  for (int kk = 0; kk < kKeys / 16; ++kk) {
-    pa[kk][0] = attn::pack2<T>(s[2 * kk][0], s[2 * kk][1]);
-    pa[kk][1] = attn::pack2<T>(s[2 * kk][2], s[2 * kk][3]);
-    pa[kk][2] = attn::pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-    pa[kk][3] = attn::pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-  }
-}
 
 // Normalizes the warp's rows of O by their softmax sums and writes them from output row `row` on (a row past the
 // extend, ok = false, is not written).
@@ -624,7 +552,7 @@ __global__ void __launch_bounds__(kMmaThreads, 1) extend_wgmma_kernel(AttentionA
                              tr0 < n_ext, tr1 < n_ext, tig);
   }
   float o[kChunksD][8][4];
-  zero_rows(o);
+  attn::zero_rows(o);
   attn::RowState st;
   const float qk_scale = a.scale * attn::kLog2e;
   const T* k_base = static_cast<const T*>(a.k_cache) + kvh * a.k_stride.head;
@@ -680,11 +608,11 @@ __global__ void __launch_bounds__(kMmaThreads, 1) extend_wgmma_kernel(AttentionA
     if constexpr (Pipe::kQSmem) {
       issue_qk_ss<T, D, kKeys>(s, attn::smem_u32(wg_qs), k_addr);
     } else {
-      issue_qk<T, D, kKeys>(s, *reinterpret_cast<uint32_t(*)[D / 16][4]>(&qa[0][0]), k_addr);
+      attn::issue_qk<T, D, kKeys>(s, *reinterpret_cast<uint32_t(*)[D / 16][4]>(&qa[0][0]), k_addr);
     }
     if constexpr (kOverlap) {
       const int prev = it > 0 ? it - 1 : 0;
-      issue_pv<T, D, kKeys>(o, pa, attn::smem_u32(vs + (prev % Pipe::kStages) * kTileElems));
+      attn::issue_pv<T, D, kKeys>(o, pa, attn::smem_u32(vs + (prev % Pipe::kStages) * kTileElems));
       attn::wgmma_wait<1>();  // S is done; the P V product of the previous tile may still run
     } else {
       attn::wgmma_wait<0>();
@@ -703,9 +631,9 @@ __global__ void __launch_bounds__(kMmaThreads, 1) extend_wgmma_kernel(AttentionA
       attn::fence_regs(o[c]);
       attn::rescale_rows<8>(o[c], alpha0, alpha1);
     }
-    pack_p<T, kKeys>(pa, s);
+    attn::pack_p<T, kKeys>(pa, s);
     if constexpr (!kOverlap) {
-      issue_pv<T, D, kKeys>(o, pa, v_addr);
+      attn::issue_pv<T, D, kKeys>(o, pa, v_addr);
       attn::wgmma_wait<0>();
     }
 #pragma unroll
@@ -716,7 +644,7 @@ __global__ void __launch_bounds__(kMmaThreads, 1) extend_wgmma_kernel(AttentionA
     // The last computed tile's P V. Its stage is still intact: the other warpgroup computes at most one tile
     // more, and no copy after the last tile reaches back kStages tiles. A warpgroup with no tile adds 0 x V.
     const int last = wg_tiles > 0 ? wg_tiles - 1 : 0;
-    issue_pv<T, D, kKeys>(o, pa, attn::smem_u32(vs + (last % Pipe::kStages) * kTileElems));
+    attn::issue_pv<T, D, kKeys>(o, pa, attn::smem_u32(vs + (last % Pipe::kStages) * kTileElems));
     attn::wgmma_wait<0>();
 #pragma unroll
     for (int c = 0; c < kChunksD; ++c) attn::fence_regs(o[c]);
@@ -752,30 +680,6 @@ static_assert(128 * kWsProducerRegs + 2 * 128 * kWsConsumerRegs <= 65536, "the r
 template <typename T, int D>
 constexpr size_t extend_ws_smem_bytes() {
   return 1024 + kBlockQ * D * sizeof(T) + 2 * kWsStages * kWsKeys * D * sizeof(T) + kWsSlotRing * kWsKeys * sizeof(int);
-}
-
-// issue_kv_tile_sw128 for the kThreads threads of one warpgroup (tid: index within it): consecutive threads take
-// consecutive 16-byte chunks of a row. A thread keeps one column and steps by a multiple of 8 rows, so its
-// swizzle phase is fixed and every destination is one base plus a constant: the 40-register producer of
-// extend_wgmma_ws_kernel cannot afford per-copy address arithmetic.
-template <typename T, int D, int kKeys, int kThreads>
-__device__ __forceinline__ void issue_kv_tile_sw128_wg(int tid, T* ks, T* vs, const int* slots, const T* k_base,
-                                                       int64_t k_row, const T* v_base, int64_t v_row) {
-  constexpr int kChunks = D / 8;  // 16-byte chunks per row
-  constexpr int kRowStep = kThreads / kChunks;
-  static_assert(kThreads % kChunks == 0 && kRowStep % 8 == 0 && kKeys % kRowStep == 0, "fixed swizzle phase");
-  const int r0 = tid / kChunks;
-  const int col = (tid % kChunks) * 8;
-  const int off = attn::sw128_offset<kKeys>(r0, col);
-  const T* kc = k_base + col;
-  const T* vc = v_base + col;
-#pragma unroll
-  for (int i = 0; i < kKeys / kRowStep; ++i) {
-    const int slot = slots[r0 + i * kRowStep];
-    const int64_t s = slot < 0 ? 0 : slot;
-    attn::cp_async_16(ks + off + i * kRowStep * 64, kc + s * k_row, slot >= 0);
-    attn::cp_async_16(vs + off + i * kRowStep * 64, vc + s * v_row, slot >= 0);
-  }
 }
 
 template <typename T, int D, bool kWide>
@@ -859,7 +763,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) extend_wgmma_ws_kernel(Attentio
         attn::mbar_wait(&empty_bar[stage], static_cast<uint32_t>((j / kWsStages - 1) & 1));
       }
       attn::named_bar_sync(1, kWg);  // the slots of tile j are visible to every producer thread
-      issue_kv_tile_sw128_wg<T, D, kKeys, kWg>(p, ks + stage * kTileElems, vs + stage * kTileElems,
+      attn::issue_kv_tile_sw128_wg<T, D, kKeys, kWg>(p, ks + stage * kTileElems, vs + stage * kTileElems,
                                                sm_slot + (j % kWsSlotRing) * kKeys, k_base, a.k_stride.row, v_base,
                                                a.v_stride.row);
       attn::cp_async_commit();
@@ -903,7 +807,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) extend_wgmma_ws_kernel(Attentio
   if (cw == 1) attn::named_bar_arrive(2, 2 * kWg);  // consumer 0 goes first
 
   float o[kChunksD][8][4];
-  zero_rows(o);
+  attn::zero_rows(o);
   attn::RowState st;
   const float qk_scale = a.scale * attn::kLog2e;
 
@@ -919,7 +823,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) extend_wgmma_ws_kernel(Attentio
     float s[kKeys / 8][4];
     attn::named_bar_sync(bar_mine, 2 * kWg);
     issue_qk_ss<T, D, kKeys, kWide>(s, q_addr, attn::smem_u32(ks + stage * kTileElems));
-    issue_pv<T, D, kKeys, kWide>(o, pa, attn::smem_u32(vs + (prev % kWsStages) * kTileElems));
+    attn::issue_pv<T, D, kKeys, kWide>(o, pa, attn::smem_u32(vs + (prev % kWsStages) * kTileElems));
     if (cw == 0 || it + 1 < n_tiles) attn::named_bar_arrive(bar_other, 2 * kWg);
     attn::wgmma_wait<1>();  // S is done; the P V product of the previous tile may still run
     attn::fence_regs(s);
@@ -938,7 +842,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) extend_wgmma_ws_kernel(Attentio
       attn::fence_regs(o[c]);
       attn::rescale_rows<8>(o[c], alpha0, alpha1);
     }
-    pack_p<T, kKeys>(pa, s);
+    attn::pack_p<T, kKeys>(pa, s);
 #pragma unroll
     for (int c = 0; c < kChunksD; ++c) attn::fence_regs(o[c]);
   }
@@ -946,7 +850,7 @@ __global__ void __launch_bounds__(kWsThreads, 1) extend_wgmma_ws_kernel(Attentio
     // The last computed tile's P V; its stage is held (not released) until this completes. A warpgroup with no
     // tile has no rows to write and no stage to release.
     const int last = wg_tiles - 1;
-    issue_pv<T, D, kKeys, kWide>(o, pa, attn::smem_u32(vs + (last % kWsStages) * kTileElems));
+    attn::issue_pv<T, D, kKeys, kWide>(o, pa, attn::smem_u32(vs + (last % kWsStages) * kTileElems));
     attn::wgmma_wait<0>();
 #pragma unroll
     for (int c = 0; c < kChunksD; ++c) attn::fence_regs(o[c]);
@@ -1033,27 +937,6 @@ __global__ void extend_simt_kernel(AttentionArgs a) {
 // d=64) | wgmma_ws64 (the same on m64n64 instructions) forces one (the wgmma ones only where available), for A/B
 // benchmarks and tests; it is read on every launch so a benchmark can switch it between calls.
 enum class ExtendKernel { kMma16, kMma32, kWgmma, kWgmma128, kWgmmaSimple, kWgmmaWs, kWgmmaWs64 };
-
-#if !defined(USE_ROCM)
-// True when Kernel was loaded from sm_90a machine code on a compute capability 9.x device (a build without the
-// sm_90a target gives an empty wgmma kernel, which must never be launched). Cached per device.
-template <auto Kernel>
-bool has_sm90a_code() {
-  static int cached[64];  // 0 unknown, 1 yes, 2 no
-  int dev = 0;
-  cudaGetDevice(&dev);
-  if (dev < 0 || dev >= 64) dev = 0;
-  if (cached[dev] == 0) {
-    cudaFuncAttributes attr{};
-    int major = 0;
-    const bool ok = cudaFuncGetAttributes(&attr, Kernel) == cudaSuccess &&
-                    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess;
-    cached[dev] = ok && major == 9 && attr.binaryVersion == 90 ? 1 : 2;
-    cudaGetLastError();  // a failed query is an answer ("no"), not an error for the next launch to report
-  }
-  return cached[dev] == 1;
-}
-#endif
 
 template <typename T, int D>
 ExtendKernel choose_kernel() {
