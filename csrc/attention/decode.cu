@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -243,14 +244,14 @@ __device__ __forceinline__ void stream_kv_tiles(const AttentionArgs& a, int64_t 
   T* vs = ks + kStages * kElems;
   const int n_tiles = j_end > j_begin ? static_cast<int>(ceil_div(j_end - j_begin, kTileKeys)) : 0;
   const int tid = threadIdx.x;
-  auto issue = [&](int stage, int ring) {
+  auto issue = [&](int stage) {  // tile copies and their slot-ring entries share the stage index
     if constexpr (kSw128) {
       attn::issue_kv_tile_sw128_wg<T, D, kTileKeys, kMmaThreads>(tid, ks + stage * kElems, vs + stage * kElems,
-                                                                 sm_slot + ring * kTileKeys, k_base, a.k_stride.row,
+                                                                 sm_slot + stage * kTileKeys, k_base, a.k_stride.row,
                                                                  v_base, a.v_stride.row);
     } else {
       attn::issue_kv_tile<T, D, kTileKeys, kMmaThreads>(ks + stage * kElems, vs + stage * kElems,
-                                                        sm_slot + ring * kTileKeys, k_base, a.k_stride.row, v_base,
+                                                        sm_slot + stage * kTileKeys, k_base, a.k_stride.row, v_base,
                                                         a.v_stride.row);
     }
   };
@@ -264,7 +265,7 @@ __device__ __forceinline__ void stream_kv_tiles(const AttentionArgs& a, int64_t 
   __syncthreads();
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    if (s < n_tiles) issue(s, s);
+    if (s < n_tiles) issue(s);
     attn::cp_async_commit();
   }
   for (int it = 0; it < n_tiles; ++it) {
@@ -272,7 +273,7 @@ __device__ __forceinline__ void stream_kv_tiles(const AttentionArgs& a, int64_t 
     if constexpr (kSw128) attn::fence_proxy_async();  // cp.async wrote through the generic proxy; wgmma reads async
     __syncthreads();  // tile `it` is visible to all; every warp is done with the stage refilled below
     const int pre = it + kStages - 1;
-    if (pre < n_tiles) issue(pre % kStages, pre % kStages);
+    if (pre < n_tiles) issue(pre % kStages);
     attn::cp_async_commit();
     if (tid < kTileKeys) {  // the ring entry of tile `it` is free: it now holds tile it + kStages
       sm_slot[(it % kStages) * kTileKeys + tid] = next0;
@@ -809,8 +810,19 @@ void launch_simt_gmax(const AttentionArgs& a, int splits, float* ws_out, float* 
 template <typename T, int D>
 bool shared_pass_on_wgmma() {
   const char* v = std::getenv("LITE_SRT_CASCADE_KERNEL");
-  if (v != nullptr && std::string(v) == "mma") return false;
+  if (v != nullptr && std::strcmp(v, "mma") == 0) return false;
   return has_sm90a_code<decode_shared_kernel<T, D, true>>();
+}
+
+template <typename T, int D, bool kWgmma>
+void launch_shared(const AttentionArgs& a, const CascadeArgs& c, const DecodePlan& plan, float* ws_out,
+                   float* ws_lse, cudaStream_t stream) {
+  constexpr size_t smem = kWgmma ? decode_sw128_smem_bytes<T, D>() : decode_smem_bytes<T, D>();
+  set_smem_opt_in<decode_shared_kernel<T, D, kWgmma>>(smem);
+  const dim3 grid(plan.shared_splits, static_cast<unsigned>(a.kv_heads * plan.row_chunks),
+                  static_cast<unsigned>(c.num_groups));
+  launch_kernel(decode_shared_kernel<T, D, kWgmma>, grid, kMmaThreads, smem, stream, a, c, plan.splits, plan.parts(),
+                plan.row_chunks, ws_out, ws_lse);
 }
 
 // The tensor-core kernels of a step: the cascade's shared pass (if any), then every row's own keys. With
@@ -822,17 +834,10 @@ void launch_mma(const AttentionArgs& a, const CascadeArgs* c, const DecodePlan& 
   IndexArray shared_lens{nullptr, false};
   if (plan.shared_splits > 0) {
     shared_lens = c->shared_lens;
-    const dim3 sgrid(plan.shared_splits, static_cast<unsigned>(a.kv_heads * plan.row_chunks),
-                     static_cast<unsigned>(c->num_groups));
     if (shared_pass_on_wgmma<T, D>()) {
-      constexpr size_t wsmem = decode_sw128_smem_bytes<T, D>();
-      set_smem_opt_in<decode_shared_kernel<T, D, true>>(wsmem);
-      launch_kernel(decode_shared_kernel<T, D, true>, sgrid, kMmaThreads, wsmem, stream, a, *c, plan.splits,
-                    plan.parts(), plan.row_chunks, ws_out, ws_lse);
+      launch_shared<T, D, true>(a, *c, plan, ws_out, ws_lse, stream);
     } else {
-      set_smem_opt_in<decode_shared_kernel<T, D, false>>(smem);
-      launch_kernel(decode_shared_kernel<T, D, false>, sgrid, kMmaThreads, smem, stream, a, *c, plan.splits,
-                    plan.parts(), plan.row_chunks, ws_out, ws_lse);
+      launch_shared<T, D, false>(a, *c, plan, ws_out, ws_lse, stream);
     }
   }
   // Splits vary slowest, so the blocks of split 0 (every request's first, the only one of a short request) are
@@ -890,7 +895,6 @@ int decode_cascade_splits(int64_t q_heads, int64_t kv_heads, int64_t num_groups,
 std::string decode_cascade_shared_kernel(DType dtype, int64_t head_dim) {
   std::string kernel = "none";
 #if !defined(USE_ROCM)
-  if (dtype == DType::kFloat32) return kernel;
   dispatch_cuda_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     if constexpr (sizeof(T) == 2) {
