@@ -314,13 +314,30 @@ struct MergeParts {
 };
 
 // Rows [head0, head0 + n_heads) of request b from their partials (weights 2^(lse_p - max); an empty partial has
-// lse -FLT_MAX, weight 0, and its o is not read). One warp per row, the weights staged in wgt (kMaxParts floats
-// per warp). The partials come from other blocks: read through L2, not L1.
+// lse -FLT_MAX, weight 0, and its o is not used). One warp per row, the weights staged in wgt (kMaxParts floats
+// per warp). The partials come from other blocks: read through L2, not L1. The merge sits on the step's critical
+// path at small batch (the next kernel waits for it), so it is built for latency: the first kMergeBatch partials'
+// o are loaded together with the lse values, since they do not depend on the weights, and the whole merge costs
+// about one L2 round trip instead of one per few partials.
+constexpr int kMergeBatch = 16;
+
+template <int kVec>
+__device__ __forceinline__ void load_partial(const float* src, float (&v)[kVec]) {
+  if constexpr (kVec == 4) {
+    const float4 f = __ldcg(reinterpret_cast<const float4*>(src));
+    v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+  } else {
+    const float2 f = __ldcg(reinterpret_cast<const float2*>(src));
+    v[0] = f.x, v[1] = f.y;
+  }
+}
+
 template <typename T, int D>
 __device__ __forceinline__ void merge_rows(const AttentionArgs& a, int64_t b, int64_t head0, int n_heads,
                                            MergeParts mp, int parts, const float* ws_out, const float* ws_lse,
                                            float* wgt) {
   constexpr int kWarps = kMmaThreads / WARP_SIZE;
+  constexpr int kVec = D / WARP_SIZE;  // each lane owns kVec consecutive elements of the head
   const int warp = threadIdx.x / WARP_SIZE;
   const int lane = threadIdx.x % WARP_SIZE;
   const int used = mp.count();
@@ -328,6 +345,13 @@ __device__ __forceinline__ void merge_rows(const AttentionArgs& a, int64_t b, in
   for (int r = warp; r < n_heads; r += kWarps) {
     const int64_t head = head0 + r;
     const int64_t base = part_index(a, b, head, parts, 0);
+    const float* o = ws_out + base * D + lane * kVec;
+    // An empty partial's o, possibly never written, is loaded like the others and discarded by the select.
+    float first[kMergeBatch][kVec];
+#pragma unroll
+    for (int p = 0; p < kMergeBatch; ++p) {
+      if (p < used) load_partial<kVec>(o + mp.part(p) * D, first[p]);
+    }
     float mx = -FLT_MAX;
     for (int p = lane; p < used; p += WARP_SIZE) {
       const float l = __ldcg(ws_lse + base + mp.part(p));
@@ -345,22 +369,20 @@ __device__ __forceinline__ void merge_rows(const AttentionArgs& a, int64_t b, in
     den = warp_reduce_sum(den);
     __syncwarp();
     const float inv = den > 0.0f ? 1.0f / den : 0.0f;
-    // Each lane owns kVec consecutive elements of the head. Every partial's o is loaded (the loads batch up
-    // across the unrolled loop) but an empty one's, possibly never written, is discarded by the select.
-    constexpr int kVec = D / WARP_SIZE;
     float num[kVec] = {};
-    const float* o = ws_out + base * D + lane * kVec;
+#pragma unroll
+    for (int p = 0; p < kMergeBatch; ++p) {
+      if (p < used) {
+        const float wp = w[p];
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) num[e] += wp != 0.0f ? wp * first[p][e] : 0.0f;
+      }
+    }
 #pragma unroll 4
-    for (int p = 0; p < used; ++p) {
+    for (int p = kMergeBatch; p < used; ++p) {
       const float wp = w[p];
       float v[kVec];
-      if constexpr (kVec == 4) {
-        const float4 f = __ldcg(reinterpret_cast<const float4*>(o + mp.part(p) * D));
-        v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
-      } else {
-        const float2 f = __ldcg(reinterpret_cast<const float2*>(o + mp.part(p) * D));
-        v[0] = f.x, v[1] = f.y;
-      }
+      load_partial<kVec>(o + mp.part(p) * D, v);
 #pragma unroll
       for (int e = 0; e < kVec; ++e) num[e] += wp != 0.0f ? wp * v[e] : 0.0f;
     }
