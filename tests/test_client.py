@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -186,3 +187,38 @@ def test_bench_serving_drives_the_server_and_writes_json(
     for key in ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms"):
         assert set(s[key]) == {"mean", "median", "p99"}
     assert 0 < s["ttft_ms"]["mean"] <= s["e2e_ms"]["mean"]
+
+
+def test_serving_bound_reports_the_latest_finishing_request() -> None:
+    """scripts/serving_bound.py: the ceiling at each step time is set by max(arrival + output_len * step)."""
+    scripts = Path(__file__).resolve().parent.parent / "scripts"
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(scripts / "serving_bound.py"),
+            "--num-prompts",
+            "20",
+            "--random-input-len",
+            "16",
+            "--random-output-len",
+            "64",
+            "--request-rate",
+            "4",
+            "--step-ms",
+            "1",
+            "100",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(scripts.parent)},
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = [
+        line.split("|")[1:-1] for line in r.stdout.splitlines() if line.startswith("| 1") and "ms" not in line
+    ]
+    assert [float(row[0]) for row in rows] == [1.0, 100.0]
+    slow, fast = float(rows[1][1]), float(rows[0][1])
+    assert slow > fast  # a slower step can only end the run later
+    total = int(r.stdout.split(" requests, ")[1].split(" output")[0])
+    assert float(rows[1][3].replace(",", "")) == pytest.approx(total / slow, rel=1e-2)
