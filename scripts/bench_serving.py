@@ -159,12 +159,18 @@ def _chunk_text(choice: Any) -> str:
     return getattr(choice, "text", None) or (choice.delta.content if hasattr(choice, "delta") else "") or ""
 
 
+def arrival_gaps(n: int, rate: float, rng: random.Random) -> list[float]:
+    """Seconds between consecutive requests: Poisson at `rate`, all zero for rate = inf (n - 1 gaps)."""
+    return [rng.expovariate(rate) if math.isfinite(rate) else 0.0 for _ in range(max(n - 1, 0))]
+
+
 async def _arrivals(n: int, rate: float, rng: random.Random) -> Any:
     """Yield request indices at Poisson arrival times (all at once for rate = inf)."""
+    gaps = arrival_gaps(n, rate, rng)
     for i in range(n):
         yield i
-        if math.isfinite(rate) and i < n - 1:
-            await asyncio.sleep(rng.expovariate(rate))
+        if i < n - 1 and gaps[i] > 0.0:
+            await asyncio.sleep(gaps[i])
 
 
 async def run_benchmark(

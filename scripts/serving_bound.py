@@ -15,7 +15,7 @@ Prefill time and queueing are ignored, so the real run is slower than every row.
 from __future__ import annotations
 
 import argparse
-import math
+import itertools
 import random
 import sys
 
@@ -23,13 +23,8 @@ import bench_serving as bs
 
 
 def arrival_times(n: int, rate: float, rng: random.Random) -> list[float]:
-    """The send times bench_serving's _arrivals sleeps through (seconds from the first request)."""
-    t, times = 0.0, []
-    for i in range(n):
-        times.append(t)
-        if math.isfinite(rate) and i < n - 1:
-            t += rng.expovariate(rate)
-    return times
+    """The send times bench_serving sleeps through (seconds from the first request)."""
+    return [0.0, *itertools.accumulate(bs.arrival_gaps(n, rate, rng))][:n]
 
 
 def main(argv: list[str] | None = None) -> int:
