@@ -8,6 +8,11 @@ prompts sharing a long system prompt: measures the radix cache) and `chat` (synt
 /v1/chat/completions). Arrivals are Poisson at --request-rate (`inf` sends all at once), optionally capped by
 --max-concurrency. Outputs ignore EOS unless --disable-ignore-eos, so output lengths are exact.
 
+--draws sglang (the default) takes the random dataset's lengths and the arrival gaps from numpy's legacy
+generator seeded with --seed, in the order SGLang's bench_serving draws them, so a run replays the very
+workload behind SGLang's published numbers (prompt contents differ: theirs are ShareGPT text, ours random ids).
+--draws lite is this script's earlier sampler (Python's `random`), kept to compare with older runs.
+
 Reports request / input / output token throughput and TTFT, ITL, TPOT, E2E latency (mean, median, p99); prints
 a table and writes JSON (--output-file).
 """
@@ -52,25 +57,59 @@ class BenchRequest:
     input_len: int = 0  # known for token-id prompts; for chats, filled from the server's usage
 
 
-def _lengths(rng: random.Random, n: int, full: int, ratio: float) -> list[int]:
-    low = max(1, int(full * ratio))
-    return [rng.randint(low, max(low, full)) for _ in range(n)]
+@dataclass
+class Draws:
+    """Where a run's random numbers come from.
+
+    `py` draws prompt contents and shuffles. With `np_state` set (--draws sglang), lengths and arrival gaps come
+    from it instead, in SGLang's order: all input lengths, all output lengths, then one gap after each request.
+    """
+
+    py: random.Random
+    np_state: np.random.RandomState | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Draws:
+        np_state = np.random.RandomState(args.seed) if args.draws == "sglang" else None
+        return cls(random.Random(args.seed), np_state)
+
+    def lengths(self, n: int, full: int, ratio: float, *, low_one: bool) -> list[int]:
+        """n lengths uniform in [ratio * full, full]; `low_one` lifts the bound to 1 as SGLang does for inputs.
+
+        SGLang's output lengths may draw 0; a 0-token request is no decode, so it becomes 1 (after the draw,
+        which keeps the stream identical).
+        """
+        if self.np_state is None:
+            low = max(1, int(full * ratio))
+            return [self.py.randint(low, max(low, full)) for _ in range(n)]
+        low = max(int(full * ratio), 1) if low_one else int(full * ratio)
+        return [max(1, int(x)) for x in self.np_state.randint(low, full + 1, size=n)]
+
+    def gaps(self, n: int, rate: float) -> list[float]:
+        """Seconds between consecutive requests: Poisson at `rate`, all zero for rate = inf (n - 1 gaps)."""
+        if not math.isfinite(rate):
+            return [0.0] * max(n - 1, 0)
+        if self.np_state is None:
+            return [self.py.expovariate(rate) for _ in range(max(n - 1, 0))]
+        # SGLang draws a gap after every request, the last one included (and unused).
+        return [float(x) for x in self.np_state.exponential(1.0 / rate, size=n)][: max(n - 1, 0)]
 
 
 def _random_ids(rng: random.Random, n: int, vocab: int) -> list[int]:
     return [rng.randrange(_FIRST_PLAIN_TOKEN, vocab) for _ in range(n)]
 
 
-def random_dataset(args: argparse.Namespace, vocab: int, rng: random.Random) -> list[BenchRequest]:
-    ins = _lengths(rng, args.num_prompts, args.random_input_len, args.random_range_ratio)
-    outs = _lengths(rng, args.num_prompts, args.random_output_len, args.random_range_ratio)
+def random_dataset(args: argparse.Namespace, vocab: int, draws: Draws) -> list[BenchRequest]:
+    ins = draws.lengths(args.num_prompts, args.random_input_len, args.random_range_ratio, low_one=True)
+    outs = draws.lengths(args.num_prompts, args.random_output_len, args.random_range_ratio, low_one=False)
     return [
-        BenchRequest(o, input_ids=_random_ids(rng, i, vocab), input_len=i)
+        BenchRequest(o, input_ids=_random_ids(draws.py, i, vocab), input_len=i)
         for i, o in zip(ins, outs, strict=True)
     ]
 
 
-def shared_prefix_dataset(args: argparse.Namespace, vocab: int, rng: random.Random) -> list[BenchRequest]:
+def shared_prefix_dataset(args: argparse.Namespace, vocab: int, draws: Draws) -> list[BenchRequest]:
+    rng = draws.py
     reqs = []
     for _ in range(args.sp_num_groups):
         system = _random_ids(rng, args.sp_system_prompt_len, vocab)
@@ -85,8 +124,9 @@ def _sentence(rng: random.Random, words: int) -> str:
     return " ".join(rng.choice(_WORDS) for _ in range(words)).capitalize() + "."
 
 
-def chat_dataset(args: argparse.Namespace, vocab: int, rng: random.Random) -> list[BenchRequest]:
+def chat_dataset(args: argparse.Namespace, vocab: int, draws: Draws) -> list[BenchRequest]:
     """Synthetic conversations: a system prompt, 0..max_turns-1 earlier exchanges, then a question."""
+    rng = draws.py
     reqs = []
     for _ in range(args.num_prompts):
         msgs = [{"role": "system", "content": "You are a helpful assistant. " + _sentence(rng, 12)}]
@@ -159,14 +199,9 @@ def _chunk_text(choice: Any) -> str:
     return getattr(choice, "text", None) or (choice.delta.content if hasattr(choice, "delta") else "") or ""
 
 
-def arrival_gaps(n: int, rate: float, rng: random.Random) -> list[float]:
-    """Seconds between consecutive requests: Poisson at `rate`, all zero for rate = inf (n - 1 gaps)."""
-    return [rng.expovariate(rate) if math.isfinite(rate) else 0.0 for _ in range(max(n - 1, 0))]
-
-
-async def _arrivals(n: int, rate: float, rng: random.Random) -> Any:
+async def _arrivals(n: int, rate: float, draws: Draws) -> Any:
     """Yield request indices at Poisson arrival times (all at once for rate = inf)."""
-    gaps = arrival_gaps(n, rate, rng)
+    gaps = draws.gaps(n, rate)
     for i in range(n):
         yield i
         if i < n - 1 and gaps[i] > 0.0:
@@ -174,7 +209,7 @@ async def _arrivals(n: int, rate: float, rng: random.Random) -> Any:
 
 
 async def run_benchmark(
-    client: AsyncClient, reqs: list[BenchRequest], args: argparse.Namespace, rng: random.Random
+    client: AsyncClient, reqs: list[BenchRequest], args: argparse.Namespace, draws: Draws
 ) -> tuple[list[RequestResult], float]:
     sem = asyncio.Semaphore(args.max_concurrency) if args.max_concurrency else None
 
@@ -186,7 +221,7 @@ async def run_benchmark(
 
     tasks = []
     t0 = time.perf_counter()
-    async for i in _arrivals(len(reqs), args.request_rate, rng):
+    async for i in _arrivals(len(reqs), args.request_rate, draws):
         tasks.append(asyncio.create_task(limited(reqs[i])))
     results = await asyncio.gather(*tasks)
     return list(results), time.perf_counter() - t0
@@ -221,6 +256,7 @@ def summarize(
         "max_concurrency": args.max_concurrency,
         "ignore_eos": not args.disable_ignore_eos,
         "seed": args.seed,
+        "draws": args.draws,
         "duration_s": duration,
         "completed": len(ok),
         "failed": len(results) - len(ok),
@@ -285,6 +321,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--max-concurrency", type=int, default=None, help="most requests in flight at once")
     p.add_argument("--seed", type=int, default=1, help="seeds prompts, lengths and arrival times")
+    p.add_argument(
+        "--draws",
+        choices=("sglang", "lite"),
+        default="sglang",
+        help="sglang: lengths and arrivals drawn as SGLang's bench_serving draws them; lite: the earlier sampler",
+    )
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--disable-ignore-eos", action="store_true", help="let requests stop at EOS")
     p.add_argument("--warmup-requests", type=int, default=1, help="untimed requests sent first")
@@ -311,19 +353,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
-    rng = random.Random(args.seed)
+    draws = Draws.from_args(args)
     async with AsyncClient(args.base_url, api_key=args.api_key, timeout=24 * 3600) as client:
         if not await client.health():
             raise SystemExit(f"no lite_srt server answers at {args.base_url}/health")
         server = await client.server_info()
         vocab = int((await client.model_info())["vocab_size"])
-        reqs = DATASETS[args.dataset](args, vocab, rng)
+        reqs = DATASETS[args.dataset](args, vocab, draws)
         for req in reqs[: args.warmup_requests]:
             await _stream_one(
                 client, BenchRequest(min(16, req.output_len), req.input_ids, req.messages), args
             )
         before = await client.metrics()
-        results, duration = await run_benchmark(client, reqs, args, rng)
+        results, duration = await run_benchmark(client, reqs, args, draws)
         after = await client.metrics()
     summary = summarize(results, duration, args, server)
     summary["cache_hit_rate"] = _hit_rate(before, after)

@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import random
 import sys
 
 import bench_serving as bs
 
 
-def arrival_times(n: int, rate: float, rng: random.Random) -> list[float]:
+def arrival_times(n: int, rate: float, draws: bs.Draws) -> list[float]:
     """The send times bench_serving sleeps through (seconds from the first request)."""
-    return [0.0, *itertools.accumulate(bs.arrival_gaps(n, rate, rng))][:n]
+    return [0.0, *itertools.accumulate(draws.gaps(n, rate))][:n]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     known, rest = p.parse_known_args(argv)
     args = bs.parse_args(rest)
-    rng = random.Random(args.seed)
-    reqs = bs.DATASETS[args.dataset](args, known.vocab, rng)
-    times = arrival_times(len(reqs), args.request_rate, rng)
+    draws = bs.Draws.from_args(args)
+    reqs = bs.DATASETS[args.dataset](args, known.vocab, draws)
+    times = arrival_times(len(reqs), args.request_rate, draws)
     total = sum(r.output_len for r in reqs)
     print(f"{len(reqs)} requests, {total} output tokens, last arrival at {times[-1]:.2f} s")
     print(

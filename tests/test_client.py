@@ -222,3 +222,24 @@ def test_serving_bound_reports_the_latest_finishing_request() -> None:
     assert slow > fast  # a slower step can only end the run later
     total = int(r.stdout.split(" requests, ")[1].split(" output")[0])
     assert float(rows[1][3].replace(",", "")) == pytest.approx(total / slow, rel=1e-2)
+
+
+def test_sglang_draws_replay_sglang_bench_serving_workload() -> None:
+    """--draws sglang gives the lengths SGLang's bench_serving prints for its defaults (seed 1, range ratio 0):
+    100 prompts of random 1024/1024 -> "#Input tokens: 50561, #Output tokens: 52135" (sgl-project/sglang#9812)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import bench_serving as bs
+
+    args = bs.parse_args(["--num-prompts", "100", "--request-rate", "16"])
+    assert args.draws == "sglang"
+    draws = bs.Draws.from_args(args)
+    reqs = bs.random_dataset(args, 128256, draws)
+    assert sum(r.input_len for r in reqs) == 50561
+    assert sum(r.output_len for r in reqs) == 52135
+    gaps = draws.gaps(100, 16.0)
+    assert len(gaps) == 99 and all(g >= 0 for g in gaps)
+    assert sum(gaps) / len(gaps) == pytest.approx(1 / 16, rel=0.3)
+    # The earlier sampler stays available and differs.
+    lite_args = bs.parse_args(["--num-prompts", "100", "--draws", "lite"])
+    lite = bs.random_dataset(lite_args, 128256, bs.Draws.from_args(lite_args))
+    assert sum(r.input_len for r in lite) != 50561
