@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Compiles every .cu under csrc/ with nvcc -c for sm_80 and sm_90a (no GPU needed) and fails on any error.
+# Compiles every .cu under csrc/ with nvcc -c for sm_80 and sm_90a (no GPU needed) and fails on any error;
+# the standalone benchmarks under scripts/cuda/ for sm_90a.
 # -Xptxas -v prints registers and spill bytes per kernel so spills show in the CI log.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -20,4 +21,13 @@ while IFS= read -r -d '' src; do
     fi
   done
 done < <(find "$ROOT/csrc" -name '*.cu' -print0 | sort -z)
+# Standalone Hopper benchmarks (scripts/cuda/, own main(), no torch): sm_90a only.
+while IFS= read -r -d '' src; do
+  echo "== $src (sm_90a)"
+  if ! "$NVCC" -c -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a "$src" -o "$OUT/obj.o" >"$OUT/log" 2>&1; then
+    cat "$OUT/log"
+    echo "FAILED: $src for sm_90a"
+    status=1
+  fi
+done < <(find "$ROOT/scripts/cuda" -name '*.cu' -print0 | sort -z)
 exit $status
