@@ -455,33 +455,45 @@ std::vector<float> to_host(const void* p, int n, bool f32) {
   return v;
 }
 
-template <int kStages, int kChunkBytes, bool kHint, int kProducers = 1>
-float run_chain(const Phase* d_ph, int nphase, unsigned* bar, int blocks, int iters) {
-  auto kern = stream_chain_kernel<kStages, kChunkBytes, kHint, kProducers>;
+// Dynamic shared memory of a kernel variant, allowed on the function.
+template <int kStages, int kChunkBytes, bool kHint, int kProducers>
+int prepare(void (*kern)(const Phase*, int, unsigned*)) {
   const int smem = kStages * kChunkBytes + kMaxK * 2 + kMaxPart * 4 + 32 * 4 + 2 * kStages * 8;
   CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  int per_sm = 0;
-  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kern, kThreads, smem));
-  if (per_sm < 1) {
-    std::fprintf(stderr, "kernel does not fit (smem %d)\n", smem);
-    std::exit(1);
-  }
+  return smem;
+}
+
+// Best of `iters` timed calls of `launch` on `st` (one untimed call first warms up).
+template <typename F>
+float best_ms(cudaStream_t st, int iters, F launch) {
   cudaEvent_t e0, e1;
   CK(cudaEventCreate(&e0));
   CK(cudaEventCreate(&e1));
   float best = 1e30f;
   for (int it = 0; it < iters + 1; ++it) {
-    CK(cudaMemsetAsync(bar, 0, 4));
-    CK(cudaEventRecord(e0));
-    void* args[] = {const_cast<Phase**>(&d_ph), &nphase, &bar};
-    CK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kern), blocks, kThreads, args, smem, 0));
-    CK(cudaEventRecord(e1));
+    CK(cudaEventRecord(e0, st));
+    launch();
+    CK(cudaEventRecord(e1, st));
     CK(cudaEventSynchronize(e1));
     float ms = 0.f;
     CK(cudaEventElapsedTime(&ms, e0, e1));
-    if (it > 0 && ms < best) best = ms;  // first launch warms up
+    if (it > 0 && ms < best) best = ms;
   }
+  CK(cudaEventDestroy(e0));
+  CK(cudaEventDestroy(e1));
   return best;
+}
+
+// The whole chain in one cooperative launch (the grid barrier needs every block resident).
+template <int kStages, int kChunkBytes, bool kHint, int kProducers = 1>
+float run_chain(const Phase* d_ph, int nphase, unsigned* bar, int blocks, int iters) {
+  auto kern = stream_chain_kernel<kStages, kChunkBytes, kHint, kProducers>;
+  const int smem = prepare<kStages, kChunkBytes, kHint, kProducers>(kern);
+  return best_ms(0, iters, [&] {
+    CK(cudaMemsetAsync(bar, 0, 4));
+    void* args[] = {const_cast<Phase**>(&d_ph), &nphase, &bar};
+    CK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kern), blocks, kThreads, args, smem, 0));
+  });
 }
 
 // The same kernel launched once per phase (no grid barrier needed), replayed from a CUDA graph: what the kernel
@@ -489,8 +501,7 @@ float run_chain(const Phase* d_ph, int nphase, unsigned* bar, int blocks, int it
 template <int kStages, int kChunkBytes, bool kHint, int kProducers = 1>
 float run_per_phase(const Phase* d_ph, int nphase, unsigned* bar, int blocks, int iters) {
   auto kern = stream_chain_kernel<kStages, kChunkBytes, kHint, kProducers>;
-  const int smem = kStages * kChunkBytes + kMaxK * 2 + kMaxPart * 4 + 32 * 4 + 2 * kStages * 8;
-  CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  const int smem = prepare<kStages, kChunkBytes, kHint, kProducers>(kern);
   cudaStream_t st;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   cudaGraph_t graph;
@@ -499,23 +510,11 @@ float run_per_phase(const Phase* d_ph, int nphase, unsigned* bar, int blocks, in
   for (int i = 0; i < nphase; ++i) kern<<<blocks, kThreads, smem, st>>>(d_ph + i, 1, bar);
   CK(cudaStreamEndCapture(st, &graph));
   CK(cudaGraphInstantiate(&exec, graph, 0));
-  cudaEvent_t e0, e1;
-  CK(cudaEventCreate(&e0));
-  CK(cudaEventCreate(&e1));
-  float best = 1e30f;
-  for (int it = 0; it < iters + 1; ++it) {
-    CK(cudaEventRecord(e0, st));
-    CK(cudaGraphLaunch(exec, st));
-    CK(cudaEventRecord(e1, st));
-    CK(cudaEventSynchronize(e1));
-    float ms = 0.f;
-    CK(cudaEventElapsedTime(&ms, e0, e1));
-    if (it > 0 && ms < best) best = ms;
-  }
+  const float ms = best_ms(st, iters, [&] { CK(cudaGraphLaunch(exec, st)); });
   CK(cudaGraphExecDestroy(exec));
   CK(cudaGraphDestroy(graph));
   CK(cudaStreamDestroy(st));
-  return best;
+  return ms;
 }
 
 float max_rel_err(const float* a, const float* b, int n) {
