@@ -3,8 +3,9 @@
 A request cannot finish before arrival + output_len decode steps, so at a given decode step time the run lasts at
 least max over requests of (arrival + output_len * step), and the output throughput is at most the output tokens
 over that. At Poisson arrivals one late request with a long output can set this ceiling. The workload is
-rebuilt exactly as scripts/bench_serving.py draws it (same seed, dataset and arrival draws; --vocab must be the
-served model's, since drawing the prompt ids consumes the generator).
+rebuilt exactly as scripts/bench_serving.py draws it (same seed, --draws, dataset and arrival draws; with --draws
+lite, --vocab must be the served model's, since drawing the prompt ids consumes the generator the lengths and
+arrivals come from).
 
     python scripts/serving_bound.py --num-prompts 200 --random-input-len 1024 --random-output-len 1024 \\
         --request-rate 16 --step-ms 3.5 4.9 6 7

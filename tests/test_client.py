@@ -224,10 +224,10 @@ def test_serving_bound_reports_the_latest_finishing_request() -> None:
     assert float(rows[1][3].replace(",", "")) == pytest.approx(total / slow, rel=1e-2)
 
 
-def test_sglang_draws_replay_sglang_bench_serving_workload() -> None:
+def test_sglang_draws_replay_sglang_bench_serving_workload(monkeypatch: pytest.MonkeyPatch) -> None:
     """--draws sglang gives the lengths SGLang's bench_serving prints for its defaults (seed 1, range ratio 0):
     100 prompts of random 1024/1024 -> "#Input tokens: 50561, #Output tokens: 52135" (sgl-project/sglang#9812)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "scripts"))
     import bench_serving as bs
 
     args = bs.parse_args(["--num-prompts", "100", "--request-rate", "16"])
