@@ -2,12 +2,15 @@
 //
 // A feasibility benchmark for a batch-1 decode "megakernel" (standalone: nvcc only, no torch, Hopper sm_90a).
 // Separate GEMV kernels lose a few microseconds at every kernel boundary (ramp-up, tail, launch), ~17 us per
-// layer on the H100. Here one or two blocks per SM run the whole chain: a producer lane streams the block's slice of
-// every weight matrix, layer after layer, through a shared-memory ring with cp.async.bulk (it never waits for
-// the activations, only for free slots), and eight consumer warps wait at a grid barrier for each phase's input,
-// then dot the streamed rows with it. While consumers wait at a barrier the ring keeps filling, so HBM should
-// stay busy across phase boundaries.
-//
+// layer on the H100. Here one block per SM (or two) runs the whole chain: a producer lane streams weight chunks,
+// layer after layer, through a shared-memory ring with cp.async.bulk (it never waits for the activations, only
+// for free slots), and consumer warps wait for each phase's input, then dot the streamed rows with it. Two
+// kernels:
+//   static   each block takes a fixed slice of every matrix; a grid barrier (blocks arrived) per phase.
+//   dynamic  blocks grab units from a per-phase counter; the barrier counts finished units (dyn_chain_kernel).
+//            With `kStaged` a consumer copies its slot into registers and frees it before the dot products,
+//            so the slot's refill overlaps them: the consumer side, not the split, was what held the stream
+//            back (session 16).
 // Per layer: RMSNorm -> qkv (6144 x 4096) -> o (4096 x 4096; its input stands in for attention's output) ->
 // RMSNorm -> gate_up (2 x 14336 x 4096) with silu(gate) * up -> down (4096 x 14336); then the LM head
 // (128256 x 4096). Checked against plain per-phase kernels (same bf16 roundings, other summation order).
@@ -15,8 +18,9 @@
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a scripts/cuda/stream_chain.cu -o /tmp/stream_chain
 //   /tmp/stream_chain            # prints the check, then a table last
 //
-// Also timed: the same kernel launched once per phase from a CUDA graph (what the boundaries cost with identical
-// GEMV code), and the device's copy and read bandwidth. Results: docs/BENCHMARKS.md, session 15.
+// Also timed: the static kernel launched once per phase from a CUDA graph (what the boundaries cost with identical
+// GEMV code), timing-only cuts of the dynamic kernel, and the device's copy and read bandwidth. Results:
+// docs/BENCHMARKS.md, sessions 15 and 16. stream_read.cu times the same bytes with no compute at all.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -26,16 +30,11 @@
 #include <cstdlib>
 #include <vector>
 
-#define CK(x)                                                                                    \
-  do {                                                                                           \
-    cudaError_t e_ = (x);                                                                        \
-    if (e_ != cudaSuccess) {                                                                     \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));    \
-      std::exit(1);                                                                              \
-    }                                                                                            \
-  } while (0)
+#include "bulk_ring.cuh"
 
 namespace {
+
+using namespace bulk;
 
 constexpr int kHidden = 4096, kQkv = 6144, kInter = 14336, kVocab = 128256;
 constexpr int kConsumerWarps = 8;
@@ -49,13 +48,14 @@ enum Kind : int { kPlain = 0, kGateUp = 1, kSplit = 2 };
 
 struct Phase {
   const __nv_bfloat16* w;  // [rows, K] row-major (gate_up: gate rows, then up rows)
-  const __nv_bfloat16* in;  // [K]
+  const void* in;          // [K] bf16 (fp32 when in_f32)
   void* out;               // [N] bf16 (fp32 for the LM head)
   int n;                   // output rows (gate_up: 14336)
   int k;
   int kind;
   int norm;       // RMSNorm the input first (unit weight)
   int out_f32;
+  int in_f32;     // the input is fp32 (the dynamic kernel's down accumulators), rounded to bf16 on load
 };
 
 // The chunks of one phase a block streams: its rows [r0, r1) in `segs` contiguous segments (gate_up: the gate
@@ -109,46 +109,10 @@ __host__ __device__ inline Chunk chunk_of(const Phase& p, const Slice& s, int c)
   return ch;
 }
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+template <int kCW = kConsumerWarps>
+__device__ __forceinline__ void consumers_sync() {
+  asm volatile("bar.sync 1, %0;\n" ::"n"(kCW * 32) : "memory");
 }
-__device__ __forceinline__ void mbar_init(uint64_t* b, uint32_t n) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(b)), "r"(n) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint64_t* b, uint32_t parity) {
-  uint32_t done = 0;
-  do {
-    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-                 : "=r"(done)
-                 : "r"(smem_u32(b)), "r"(parity)
-                 : "memory");
-  } while (!done);
-}
-__device__ __forceinline__ void mbar_arrive(uint64_t* b) {
-  asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.release.cta.shared::cta.b64 st, [%0];\n}\n" ::"r"(smem_u32(b))
-               : "memory");
-}
-__device__ __forceinline__ void mbar_expect_tx(uint64_t* b, uint32_t bytes) {
-  asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n}\n" ::"r"(smem_u32(b)),
-               "r"(bytes)
-               : "memory");
-}
-template <bool kHint>
-__device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar, uint64_t policy) {
-  if constexpr (kHint) {
-    asm volatile(
-        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;\n" ::"r"(
-            smem_u32(dst)),
-        "l"(src), "r"(bytes), "r"(smem_u32(bar)), "l"(policy)
-        : "memory");
-  } else {
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-                     smem_u32(dst)),
-                 "l"(src), "r"(bytes), "r"(smem_u32(bar))
-                 : "memory");
-  }
-}
-__device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 1, %0;\n" ::"n"(kConsumers) : "memory"); }
 
 __device__ __forceinline__ void unpack8(uint4 v, float (&f)[8]) {
   const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
@@ -175,13 +139,23 @@ __device__ __forceinline__ float warp_sum(float v) {
 __device__ __forceinline__ float silu(float x) { return x / (1.f + __expf(-x)); }
 
 // Consumers: the phase input (RMSNormed when asked) into shared memory as bf16, as the reference rounds it.
+template <int kCW = kConsumerWarps>
 __device__ void load_input(const Phase& p, __nv_bfloat16* xs, float* red) {
   const int t = threadIdx.x, nv = p.k / 8;
-  const uint4* in = reinterpret_cast<const uint4*>(p.in);
+  const uint4* in = static_cast<const uint4*>(p.in);
   uint4* xv = reinterpret_cast<uint4*>(xs);
   float ss = 0.f;
-  for (int i = t; i < nv; i += kConsumers) {
-    const uint4 v = __ldcg(in + i);
+  for (int i = t; i < nv; i += kCW * 32) {
+    uint4 v;
+    if (p.in_f32) {
+      const float4* f = reinterpret_cast<const float4*>(p.in) + 2 * i;
+      const float4 a = __ldcg(f), c = __ldcg(f + 1);
+      __nv_bfloat162 o[4] = {__floats2bfloat162_rn(a.x, a.y), __floats2bfloat162_rn(a.z, a.w),
+                             __floats2bfloat162_rn(c.x, c.y), __floats2bfloat162_rn(c.z, c.w)};
+      v = *reinterpret_cast<uint4*>(o);
+    } else {
+      v = __ldcg(in + i);
+    }
     xv[i] = v;
     if (p.norm) {
       float f[8];
@@ -191,17 +165,17 @@ __device__ void load_input(const Phase& p, __nv_bfloat16* xs, float* red) {
     }
   }
   if (!p.norm) {
-    consumers_sync();
+    consumers_sync<kCW>();
     return;
   }
   ss = warp_sum(ss);
   if ((t & 31) == 0) red[t >> 5] = ss;
-  consumers_sync();
+  consumers_sync<kCW>();
   float tot = 0.f;
 #pragma unroll
-  for (int w = 0; w < kConsumerWarps; ++w) tot += red[w];
+  for (int w = 0; w < kCW; ++w) tot += red[w];
   const float scale = rsqrtf(tot / p.k + 1e-5f);
-  for (int i = t; i < nv; i += kConsumers) {
+  for (int i = t; i < nv; i += kCW * 32) {
     float f[8];
     unpack8(xv[i], f);
     __nv_bfloat162 o[4];
@@ -209,7 +183,7 @@ __device__ void load_input(const Phase& p, __nv_bfloat16* xs, float* red) {
     for (int j = 0; j < 4; ++j) o[j] = __floats2bfloat162_rn(f[2 * j] * scale, f[2 * j + 1] * scale);
     xv[i] = *reinterpret_cast<uint4*>(o);
   }
-  consumers_sync();
+  consumers_sync<kCW>();
 }
 
 // Slot s of the ring is always consumed by warp s % 8 (chunk j goes to warp j % 8), so a warp waits on a slot's
@@ -332,13 +306,239 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
+// ---- the dynamic variant: blocks take units of work from a per-phase counter --------------------------------
+//
+// stream_read.cu shows the bulk-copy ring streams the chain's bytes at 3.13-3.2 TB/s when no block waits for
+// another, while the static kernel above reaches 2.6-2.7. Here a block's producer grabs `kGrab` units at a time
+// from the phase's counter until it runs out, so faster blocks take more (alone this gained nothing: the
+// consumers held each slot through their dot products, see kStaged). Units: `rpc` whole rows (plain), one gate row with its
+// up row (gate_up: one warp writes silu(g) * u), or one of `pieces` pieces of a down row (added into an fp32
+// accumulator with atomics, rounded to bf16 by the next phase's load). The phase barrier counts finished units:
+// when the producer starts a phase it sends one marker slot to each consumer warp, carrying how many units of
+// the previous phase the block took; at the marker the block adds that count to the previous phase's `done`
+// counter, then waits until `done` reaches the phase's unit total.
+struct Unit {
+  long long src0, src1;  // element offsets of the unit's one or two copies (src1 < 0: none)
+  int row, rows, piece, elems;  // elems per copy
+};
+
+struct Geometry {
+  int units, rpc, pieces;
+  __host__ __device__ Geometry(const Phase& p, int chunk_bytes) {
+    rpc = 1;
+    pieces = 1;
+    if (p.kind == kPlain) {
+      rpc = min(2, (chunk_bytes / 2) / p.k);  // the register-staged consumer handles two rows
+      units = (p.n + rpc - 1) / rpc;
+    } else if (p.kind == kGateUp) {
+      units = p.n;  // chunk_bytes >= 4K: a gate row and its up row
+    } else {
+      pieces = (p.k * 2 + chunk_bytes - 1) / chunk_bytes;
+      units = p.n * pieces;
+    }
+  }
+  __host__ __device__ Unit unit(const Phase& p, int u) const {
+    Unit r;
+    r.src1 = -1;
+    r.piece = 0;
+    if (p.kind == kPlain) {
+      r.row = u * rpc;
+      r.rows = min(rpc, p.n - r.row);
+      r.src0 = static_cast<long long>(r.row) * p.k;
+      r.elems = r.rows * p.k;
+    } else if (p.kind == kGateUp) {
+      r.row = u;
+      r.rows = 2;
+      r.src0 = static_cast<long long>(u) * p.k;
+      r.src1 = static_cast<long long>(p.n + u) * p.k;
+      r.elems = p.k;
+    } else {
+      r.row = u / pieces;
+      r.piece = u % pieces;
+      r.rows = 1;
+      r.elems = p.k / pieces;
+      r.src0 = static_cast<long long>(r.row) * p.k + static_cast<long long>(r.piece) * r.elems;
+    }
+    return r;
+  }
+};
+
+struct SlotMeta {
+  int phase;
+  int unit;   // < 0: a phase marker
+  int count;  // marker: units of phase - 1 this block took
+};
+
+// `skip` (timing only, results wrong): 1 = no barrier wait, 2 = no input load, 4 = no dot products.
+template <int kStages, int kChunkBytes, int kGrab, int kCW, bool kStaged>
+__global__ void __launch_bounds__((kCW + 1) * 32, 1)
+    dyn_chain_kernel(const Phase* __restrict__ phases, int nphase, unsigned* __restrict__ ctr,
+                     unsigned* __restrict__ done, float* __restrict__ acc_zero, int acc_n, int skip) {
+  static_assert(kStages % kCW == 0, "a slot must belong to one consumer warp");
+  extern __shared__ __align__(1024) unsigned char smem[];
+  unsigned char* ring = smem;
+  __nv_bfloat16* xs = reinterpret_cast<__nv_bfloat16*>(smem + kStages * kChunkBytes);
+  float* red = reinterpret_cast<float*>(xs + kMaxK);
+  uint64_t* full = reinterpret_cast<uint64_t*>(red + 32);
+  uint64_t* empty = full + kStages;
+  SlotMeta* meta = reinterpret_cast<SlotMeta*>(empty + kStages);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], 1);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  if (warp == kCW) {
+    if (lane != 0) return;
+    uint64_t policy;
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+    unsigned j = 0;
+    auto next_slot = [&]() {
+      const unsigned s = j % kStages, k = j / kStages;
+      if (k > 0) mbar_wait(&empty[s], (k - 1) & 1);
+      ++j;
+      return s;
+    };
+    int taken = 0;
+    for (int ph = 0; ph <= nphase; ++ph) {
+      for (int w = 0; w < kCW; ++w) {
+        const unsigned s = next_slot();
+        meta[s] = {ph, -1, taken};
+        mbar_arrive(&full[s]);
+      }
+      if (ph == nphase) break;
+      taken = 0;
+      const Phase p = phases[ph];
+      const Geometry geo(p, kChunkBytes);
+      auto load = [&](int u) {
+        const Unit un = geo.unit(p, u);
+        const unsigned s = next_slot();
+        meta[s] = {ph, u, 0};
+        const uint32_t bytes = un.elems * 2;
+        mbar_expect_tx(&full[s], un.src1 >= 0 ? 2 * bytes : bytes);
+        bulk_load<true>(ring + s * kChunkBytes, p.w + un.src0, bytes, &full[s], policy);
+        if (un.src1 >= 0) bulk_load<true>(ring + s * kChunkBytes + bytes, p.w + un.src1, bytes, &full[s], policy);
+      };
+      for (;;) {
+        const int u0 = static_cast<int>(atomicAdd(&ctr[ph], static_cast<unsigned>(kGrab)));
+        if (u0 >= geo.units) break;
+        for (int u = u0; u < u0 + kGrab && u < geo.units; ++u, ++taken) load(u);
+      }
+    }
+    return;
+  }
+
+  // Zero this block's share of the down accumulators; every block passes phase 0's barrier, which orders these
+  // stores before any down phase adds into them.
+  for (int i = blockIdx.x * (kCW * 32) + threadIdx.x; i < acc_n; i += gridDim.x * (kCW * 32)) acc_zero[i] = 0.f;
+  Phase p{};
+  Geometry geo(p, kChunkBytes);
+  for (unsigned j = warp;; j += kCW) {
+    const unsigned s = j % kStages;
+    mbar_wait(&full[s], (j / kStages) & 1);
+    const SlotMeta m = meta[s];
+    if (m.unit < 0) {
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&empty[s]);
+      consumers_sync<kCW>();  // every warp is past the previous phase's units (they come before the markers)
+      if (threadIdx.x == 0) {
+        __threadfence();
+        if (m.phase > 0) atomicAdd(&done[m.phase - 1], static_cast<unsigned>(m.count));
+        if (m.phase > 0 && m.phase < nphase && !(skip & 1)) {
+          const unsigned target = static_cast<unsigned>(Geometry(phases[m.phase - 1], kChunkBytes).units);
+          unsigned seen = 0;
+          do {
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(seen) : "l"(done + m.phase - 1) : "memory");
+          } while (seen < target);
+        }
+      }
+      if (m.phase == nphase) return;
+      consumers_sync<kCW>();
+      p = phases[m.phase];
+      geo = Geometry(p, kChunkBytes);
+      if (!(skip & 2)) load_input<kCW>(p, xs, red);
+      continue;
+    }
+    if (skip & 4) {
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&empty[s]);
+      continue;
+    }
+    const Unit un = geo.unit(p, m.unit);
+    const uint4* w = reinterpret_cast<const uint4*>(ring + s * kChunkBytes);
+    const int pe = un.elems / 8 / (p.kind == kPlain ? un.rows : 1);  // 16-byte vectors per row (piece)
+    const uint4* xv = reinterpret_cast<const uint4*>(xs) + un.piece * pe;
+    float acc[kMaxRows] = {};
+    if constexpr (kStaged) {
+      // The lane's share of the slot into registers first, then the slot goes back to the producer: its refill
+      // (an HBM round trip) overlaps these dot products instead of following them.
+      constexpr int kVec = kChunkBytes / 512;
+      const int total = (un.src1 >= 0 ? 2 : 1) * un.elems / 8;  // 16-byte vectors in the slot
+      const int vpr = pe / 32;                                  // a lane's vectors per row (pe % 32 == 0)
+      uint4 wv[kVec];
+#pragma unroll
+      for (int v = 0; v < kVec; ++v)
+        if (v * 32 < total) wv[v] = w[v * 32 + lane];
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&empty[s]);
+#pragma unroll
+      for (int v = 0; v < kVec; ++v) {
+        if (v * 32 >= total) break;
+        const bool second = v >= vpr;  // the second row (plain) or the up row (gate_up)
+        float x[8];
+        unpack8(xv[(second ? v - vpr : v) * 32 + lane], x);
+        const float d = dot8(wv[v], x);
+        if (second)
+          acc[1] += d;
+        else
+          acc[0] += d;
+      }
+    } else {
+      for (int i = lane; i < pe; i += 32) {
+        float x[8];
+        unpack8(xv[i], x);
+#pragma unroll
+        for (int r = 0; r < kMaxRows; ++r)
+          if (r < un.rows) acc[r] += dot8(w[r * pe + i], x);
+      }
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&empty[s]);
+    }
+#pragma unroll
+    for (int r = 0; r < kMaxRows; ++r) acc[r] = warp_sum(acc[r]);
+    if (lane != 0) continue;
+    if (p.kind == kPlain) {
+      for (int r = 0; r < un.rows; ++r) {
+        if (p.out_f32)
+          static_cast<float*>(p.out)[un.row + r] = acc[r];
+        else
+          static_cast<__nv_bfloat16*>(p.out)[un.row + r] = __float2bfloat16(acc[r]);
+      }
+    } else if (p.kind == kGateUp) {
+      const float v = silu(__bfloat162float(__float2bfloat16(acc[0]))) * __bfloat162float(__float2bfloat16(acc[1]));
+      static_cast<__nv_bfloat16*>(p.out)[un.row] = __float2bfloat16(v);
+    } else {
+      atomicAdd(static_cast<float*>(p.out) + un.row, acc[0]);
+    }
+  }
+}
+
 // ---- reference: one block per output row, fp32 sums, the same bf16 roundings ---------------------------------
 
-__global__ void ref_norm(const __nv_bfloat16* in, __nv_bfloat16* out, int k, int norm) {
+__global__ void ref_norm(const void* in_raw, int in_f32, __nv_bfloat16* out, int k, int norm) {
   __shared__ float red[32];
+  // bf16 input, or fp32 rounded to bf16 first (as the kernel loads it)
+  auto in = [&](int i) {
+    return in_f32 ? __bfloat162float(__float2bfloat16(static_cast<const float*>(in_raw)[i]))
+                  : __bfloat162float(static_cast<const __nv_bfloat16*>(in_raw)[i]);
+  };
   float ss = 0.f;
   for (int i = threadIdx.x; i < k; i += blockDim.x) {
-    const float v = __bfloat162float(in[i]);
+    const float v = in(i);
     ss += v * v;
   }
   ss = warp_sum(ss);
@@ -348,7 +548,7 @@ __global__ void ref_norm(const __nv_bfloat16* in, __nv_bfloat16* out, int k, int
   for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) tot += red[w];
   const float scale = norm ? rsqrtf(tot / k + 1e-5f) : 1.f;
   for (int i = threadIdx.x; i < k; i += blockDim.x)
-    out[i] = __float2bfloat16(__bfloat162float(in[i]) * scale);
+    out[i] = __float2bfloat16(in(i) * scale);
 }
 
 __global__ void ref_rows(const __nv_bfloat16* w, const __nv_bfloat16* x, float* out, int k) {
@@ -394,16 +594,6 @@ __global__ void init_uniform(__nv_bfloat16* p, long long n, float scale, unsigne
   }
 }
 
-__global__ void read_bw(const uint4* p, long long n, unsigned* sink) {
-  uint32_t acc = 0;
-  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<long long>(gridDim.x) * blockDim.x) {
-    const uint4 v = __ldcs(p + i);
-    acc ^= v.x ^ v.y ^ v.z ^ v.w;
-  }
-  if (acc == 0x12345678u) *sink = acc;
-}
-
 // Activations get their own buffers per layer (h[l] is layer l's input), so every phase can be checked
 // against the reference fed with the kernel's own input: errors do not compound through 32 layers.
 struct Model {
@@ -411,6 +601,7 @@ struct Model {
   __nv_bfloat16* lm = nullptr;
   std::vector<__nv_bfloat16*> h, q, h2, act;
   float* logits = nullptr;
+  float* hf = nullptr;  // [layers + 1, hidden] fp32 down accumulators of the dynamic kernel (row 0 unused)
 };
 
 __nv_bfloat16* alloc_init(long long n, int k, unsigned seed) {
@@ -421,22 +612,36 @@ __nv_bfloat16* alloc_init(long long n, int k, unsigned seed) {
   return p;
 }
 
-std::vector<Phase> build_phases(const Model& m, int layers) {
+// `dyn`: the dynamic kernel's layout, where down adds into fp32 accumulators (hf) that the next phase reads.
+std::vector<Phase> build_phases(const Model& m, int layers, bool dyn = false) {
   std::vector<Phase> ph;
+  auto h_in = [&](int l) -> Phase {
+    Phase p{};
+    p.in = dyn && l > 0 ? static_cast<const void*>(m.hf + l * kHidden) : m.h[l];
+    p.in_f32 = dyn && l > 0;
+    return p;
+  };
   for (int l = 0; l < layers; ++l) {
-    ph.push_back({m.qkv[l], m.h[l], m.q[l], kQkv, kHidden, kPlain, 1, 0});
+    Phase qkv = h_in(l);
+    qkv.w = m.qkv[l], qkv.out = m.q[l], qkv.n = kQkv, qkv.k = kHidden, qkv.kind = kPlain, qkv.norm = 1;
+    ph.push_back(qkv);
     // q rows stand in for attention's output
     ph.push_back({m.o[l], m.q[l], m.h2[l], kHidden, kHidden, kPlain, 0, 0});
     ph.push_back({m.gu[l], m.h2[l], m.act[l], kInter, kHidden, kGateUp, 1, 0});
-    ph.push_back({m.down[l], m.act[l], m.h[l + 1], kHidden, kInter, kSplit, 0, 0});
+    if (dyn)
+      ph.push_back({m.down[l], m.act[l], m.hf + (l + 1) * kHidden, kHidden, kInter, kSplit, 0, 1});
+    else
+      ph.push_back({m.down[l], m.act[l], m.h[l + 1], kHidden, kInter, kSplit, 0, 0});
   }
-  ph.push_back({m.lm, m.h[layers], m.logits, kVocab, kHidden, kPlain, 1, 1});
+  Phase lm = h_in(layers);
+  lm.w = m.lm, lm.out = m.logits, lm.n = kVocab, lm.k = kHidden, lm.kind = kPlain, lm.norm = 1, lm.out_f32 = 1;
+  ph.push_back(lm);
   return ph;
 }
 
 // The reference output of one phase, from the phase's input as it is in memory now, into `out`.
 void run_reference(const Phase& p, __nv_bfloat16* xn, float* rows, void* out) {
-  ref_norm<<<1, 1024>>>(p.in, xn, p.k, p.norm);
+  ref_norm<<<1, 1024>>>(p.in, p.in_f32, xn, p.k, p.norm);
   const int nrows = p.kind == kGateUp ? 2 * p.n : p.n;
   ref_rows<<<nrows, 256>>>(p.w, xn, rows, p.k);
   ref_finish<<<(p.n + 255) / 256, 256>>>(rows, out, p.n, p.kind, p.out_f32);
@@ -463,27 +668,6 @@ int prepare(void (*kern)(const Phase*, int, unsigned*)) {
   return smem;
 }
 
-// Best of `iters` timed calls of `launch` on `st` (one untimed call first warms up).
-template <typename F>
-float best_ms(cudaStream_t st, int iters, F launch) {
-  cudaEvent_t e0, e1;
-  CK(cudaEventCreate(&e0));
-  CK(cudaEventCreate(&e1));
-  float best = 1e30f;
-  for (int it = 0; it < iters + 1; ++it) {
-    CK(cudaEventRecord(e0, st));
-    launch();
-    CK(cudaEventRecord(e1, st));
-    CK(cudaEventSynchronize(e1));
-    float ms = 0.f;
-    CK(cudaEventElapsedTime(&ms, e0, e1));
-    if (it > 0 && ms < best) best = ms;
-  }
-  CK(cudaEventDestroy(e0));
-  CK(cudaEventDestroy(e1));
-  return best;
-}
-
 // The whole chain in one cooperative launch (the grid barrier needs every block resident).
 template <int kStages, int kChunkBytes, bool kHint, int kProducers = 1>
 float run_chain(const Phase* d_ph, int nphase, unsigned* bar, int blocks, int iters) {
@@ -493,6 +677,22 @@ float run_chain(const Phase* d_ph, int nphase, unsigned* bar, int blocks, int it
     CK(cudaMemsetAsync(bar, 0, 4));
     void* args[] = {const_cast<Phase**>(&d_ph), &nphase, &bar};
     CK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kern), blocks, kThreads, args, smem, 0));
+  });
+}
+
+// The dynamic kernel in one cooperative launch; its counters are zeroed before each run (in the timing).
+template <int kStages, int kChunkBytes, int kGrab, int kCW, bool kStaged = true>
+float run_dyn(const Phase* d_ph, int nphase, unsigned* counters, float* hf, int blocks, int iters, int skip = 0) {
+  auto kern = dyn_chain_kernel<kStages, kChunkBytes, kGrab, kCW, kStaged>;
+  const int smem = kStages * kChunkBytes + kMaxK * 2 + 32 * 4 + 2 * kStages * 8 + kStages * sizeof(SlotMeta);
+  CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  unsigned* done = counters + nphase;
+  float* acc = hf + kHidden;  // rows 1.. (row 0 is never an accumulator)
+  int acc_n = kHidden * ((nphase - 1) / 4);
+  return best_ms(0, iters, [&] {
+    CK(cudaMemsetAsync(counters, 0, 2 * nphase * 4));
+    void* args[] = {const_cast<Phase**>(&d_ph), &nphase, &counters, &done, &acc, &acc_n, &skip};
+    CK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kern), blocks, (kCW + 1) * 32, args, smem, 0));
   });
 }
 
@@ -560,39 +760,51 @@ int main() {
                                                2.0 * kInter * kHidden + 1.0 * kHidden * kInter) +
                               2.0 * kVocab * kHidden;
 
+  CK(cudaMalloc(&m.hf, (kLayers + 1) * kHidden * 4));
+  const std::vector<Phase> ph = build_phases(m, kLayers), phd = build_phases(m, kLayers, true);
+  const int n = static_cast<int>(ph.size());
+  Phase *d_ph, *d_phd;
+  unsigned* counters;
+  CK(cudaMalloc(&d_ph, n * sizeof(Phase)));
+  CK(cudaMalloc(&d_phd, n * sizeof(Phase)));
+  CK(cudaMalloc(&counters, 2 * n * 4));
+  CK(cudaMemcpy(d_ph, ph.data(), n * sizeof(Phase), cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(d_phd, phd.data(), n * sizeof(Phase), cudaMemcpyHostToDevice));
+
   // Correctness: run the whole chain, then check every phase against the reference fed the same input; for both
-  // chunk geometries (16 KB: two rows / half a down row; 8 KB: one row / a quarter) and both producer layouts.
+  // static chunk geometries (16 KB: two rows / half a down row; 8 KB: one row / a quarter) and the dynamic kernel.
   {
-    const std::vector<Phase> ph = build_phases(m, kLayers);
-    Phase* d_ph;
-    CK(cudaMalloc(&d_ph, ph.size() * sizeof(Phase)));
-    CK(cudaMemcpy(d_ph, ph.data(), ph.size() * sizeof(Phase), cudaMemcpyHostToDevice));
     void* ref_out;
     CK(cudaMalloc(&ref_out, kVocab * 4));
-    const int n = static_cast<int>(ph.size());
     bool ok = true;
-    for (int variant = 0; variant < 2; ++variant) {
+    const char* names[4] = {"static, 8 x 16 KB ring", "static, 8 x 8 KB ring, 2 blocks/SM, 2 producer lanes",
+                            "dynamic, 8 x 16 KB ring, 8 warps, grab 4, slot released after the dots",
+                            "dynamic, 12 x 16 KB ring, 6 warps, grab 1, registers staged"};
+    for (int variant = 0; variant < 4; ++variant) {
       if (variant == 0)
         run_chain<8, 16384, true>(d_ph, n, bar, sms, 0);
-      else
+      else if (variant == 1)
         run_chain<8, 8192, true, 2>(d_ph, n, bar, 2 * sms, 0);
+      else if (variant == 2)
+        run_dyn<8, 16384, 4, 8, false>(d_phd, n, counters, m.hf, sms, 0);
+      else
+        run_dyn<12, 16384, 1, 6>(d_phd, n, counters, m.hf, sms, 0);
       CK(cudaDeviceSynchronize());
+      const std::vector<Phase>& checked = variant >= 2 ? phd : ph;
       float worst = 0.f;
       int worst_at = -1;
       for (int i = 0; i < n; ++i) {
-        const Phase& p = ph[i];
+        const Phase& p = checked[i];
         run_reference(p, xn, rows, ref_out);
         const std::vector<float> got = to_host(p.out, p.n, p.out_f32), want = to_host(ref_out, p.n, p.out_f32);
         const float err = max_rel_err(got.data(), want.data(), p.n);
         if (err > worst) worst = err, worst_at = i;
       }
       ok = ok && worst < 2e-2f;
-      std::printf("check %s, %d phases: worst max |diff| / max |ref| = %.2e (phase %d) %s\n",
-                  variant == 0 ? "8 x 16 KB ring" : "8 x 8 KB ring, 2 blocks/SM, 2 producer lanes", n, worst,
-                  worst_at, worst < 2e-2f ? "OK" : "FAIL");
+      std::printf("check %s, %d phases: worst max |diff| / max |ref| = %.2e (phase %d) %s\n", names[variant], n,
+                  worst, worst_at, worst < 2e-2f ? "OK" : "FAIL");
     }
     CK(cudaFree(ref_out));
-    CK(cudaFree(d_ph));
     if (!ok) return 1;
   }
 
@@ -629,11 +841,6 @@ int main() {
     CK(cudaFree(c));
   }
 
-  const std::vector<Phase> ph = build_phases(m, kLayers);
-  Phase* d_ph;
-  CK(cudaMalloc(&d_ph, ph.size() * sizeof(Phase)));
-  CK(cudaMemcpy(d_ph, ph.data(), ph.size() * sizeof(Phase), cudaMemcpyHostToDevice));
-  const int n = static_cast<int>(ph.size());
   struct Row {
     const char* name;
     float ms;
@@ -644,14 +851,20 @@ int main() {
     std::printf("%s: %.3f ms\n", name, ms);
     std::fflush(stdout);
   };
-  add("8 x 16 KB ring, 1 producer lane", run_chain<8, 16384, true>(d_ph, n, bar, sms, 5));
-  add("8 x 16 KB ring, 2 producer lanes", run_chain<8, 16384, true, 2>(d_ph, n, bar, sms, 5));
-  add("8 x 16 KB ring, 4 producer lanes", run_chain<8, 16384, true, 4>(d_ph, n, bar, sms, 5));
-  add("8 x 16 KB ring, one launch per phase (graph)", run_per_phase<8, 16384, true>(d_ph, n, bar, sms, 5));
-  add("8 x 8 KB ring, 2 blocks/SM", run_chain<8, 8192, true>(d_ph, n, bar, 2 * sms, 5));
-  add("8 x 8 KB ring, 2 blocks/SM, 2 producer lanes", run_chain<8, 8192, true, 2>(d_ph, n, bar, 2 * sms, 5));
-  add("8 x 8 KB ring, 2 blocks/SM, one launch per phase", run_per_phase<8, 8192, true>(d_ph, n, bar, 2 * sms, 5));
-  add("8 x 16 KB ring, 1 producer lane (again)", run_chain<8, 16384, true>(d_ph, n, bar, sms, 5));
+  add("static, 8 x 16 KB ring", run_chain<8, 16384, true>(d_ph, n, bar, sms, 5));
+  add("static, 8 x 16 KB ring, one launch per phase (graph)", run_per_phase<8, 16384, true>(d_ph, n, bar, sms, 5));
+  add("static, 8 x 8 KB ring, 2 blocks/SM", run_chain<8, 8192, true>(d_ph, n, bar, 2 * sms, 5));
+  add("dynamic, 8 x 16 KB, 8 warps, grab 1, slot released after the dots",
+      run_dyn<8, 16384, 1, 8, false>(d_phd, n, counters, m.hf, sms, 5));
+  add("dynamic, 8 x 16 KB, 8 warps, grab 1, registers staged", run_dyn<8, 16384, 1, 8>(d_phd, n, counters, m.hf, sms, 5));
+  add("dynamic, 8 x 16 KB, 8 warps, grab 4, registers staged", run_dyn<8, 16384, 4, 8>(d_phd, n, counters, m.hf, sms, 5));
+  add("dynamic, 12 x 16 KB, 6 warps, grab 1, registers staged",
+      run_dyn<12, 16384, 1, 6>(d_phd, n, counters, m.hf, sms, 5));
+  add("  the same, no barrier wait (timing only)", run_dyn<12, 16384, 1, 6>(d_phd, n, counters, m.hf, sms, 5, 1));
+  add("  the same, no input load (timing only)", run_dyn<12, 16384, 1, 6>(d_phd, n, counters, m.hf, sms, 5, 2));
+  add("  the same, no dot products (timing only)", run_dyn<12, 16384, 1, 6>(d_phd, n, counters, m.hf, sms, 5, 4));
+  add("dynamic, 12 x 16 KB, 6 warps, grab 1, registers staged (again)",
+      run_dyn<12, 16384, 1, 6>(d_phd, n, counters, m.hf, sms, 5));
   std::printf("\n| variant (%d blocks) | chain ms (32 layers + LM head) | TB/s |\n|---|---|---|\n", sms);
   for (const Row& r : table)
     std::printf("| %s | %.3f | %.3f |\n", r.name, r.ms, weight_bytes / (r.ms * 1e-3) / 1e12);
