@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <vector>
 
 #define CK(x)                                                                                    \
   do {                                                                                           \
@@ -57,6 +58,35 @@ __device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t b
                  : "memory");
   }
 }
+// Thread 0 sets up a ring's full/empty mbarriers (one arrival each); then the whole block syncs.
+__device__ __forceinline__ void init_ring(uint64_t* full, uint64_t* empty, int stages) {
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < stages; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], 1);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+}
+// An L2 policy for bytes read once (evicted first).
+__device__ __forceinline__ uint64_t evict_first_policy() {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
+}
+// A single producer's walk over the ring: slot j % stages, waiting on later laps until the consumer freed it.
+struct SlotCursor {
+  uint64_t* empty;
+  unsigned stages;
+  unsigned j = 0;
+  __device__ unsigned next() {
+    const unsigned s = j % stages, k = j / stages;
+    if (k > 0) mbar_wait(&empty[s], (k - 1) & 1);
+    ++j;
+    return s;
+  }
+};
 // Best of `iters` timed calls of `launch` on `st` (one untimed call first warms up).
 template <typename F>
 float best_ms(cudaStream_t st, int iters, F launch) {
@@ -77,6 +107,55 @@ float best_ms(cudaStream_t st, int iters, F launch) {
   CK(cudaEventDestroy(e1));
   return best;
 }
+
+// Best of `iters` replays of a CUDA graph captured from `capture(stream)`.
+template <typename F>
+float graph_best_ms(int iters, F capture) {
+  cudaStream_t st;
+  CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+  capture(st);
+  CK(cudaStreamEndCapture(st, &graph));
+  CK(cudaGraphInstantiate(&exec, graph, 0));
+  const float ms = best_ms(st, iters, [&] { CK(cudaGraphLaunch(exec, st)); });
+  CK(cudaGraphExecDestroy(exec));
+  CK(cudaGraphDestroy(graph));
+  CK(cudaStreamDestroy(st));
+  return ms;
+}
+
+// Prints the device's name; returns its multiprocessor count.
+inline int print_device() {
+  int sms = 0;
+  CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s, %d SMs\n", prop.name, sms);
+  return sms;
+}
+
+// Timed variants: each printed as it finishes, then all as a markdown table (ms, and TB/s for `bytes`).
+class Table {
+ public:
+  void add(const char* name, float ms) {
+    rows_.push_back({name, ms});
+    std::printf("%s: %.3f ms\n", name, ms);
+    std::fflush(stdout);
+  }
+  void print(const char* variant_col, const char* ms_col, double bytes) const {
+    std::printf("\n| %s | %s | TB/s |\n|---|---|---|\n", variant_col, ms_col);
+    for (const Row& r : rows_) std::printf("| %s | %.3f | %.3f |\n", r.name, r.ms, bytes / (r.ms * 1e-3) / 1e12);
+  }
+
+ private:
+  struct Row {
+    const char* name;
+    float ms;
+  };
+  std::vector<Row> rows_;
+};
 
 // A streaming read (grid-stride, evict-first loads): the device's read bandwidth.
 __global__ void read_bw(const uint4* p, long long n, unsigned* sink) {

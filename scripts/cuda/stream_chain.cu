@@ -200,19 +200,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint64_t* full = reinterpret_cast<uint64_t*>(red + 32);
   uint64_t* empty = full + kStages;
   const int g = gridDim.x, b = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < kStages; ++s) {
-      mbar_init(&full[s], 1);
-      mbar_init(&empty[s], 1);
-    }
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  }
-  __syncthreads();
+  init_ring(full, empty, kStages);
 
   if (warp == kConsumerWarps) {  // producer lanes: stream every chunk of every phase, in order (chunk j by lane j % P)
     if (lane >= kProducers) return;
     uint64_t policy = 0;
-    if constexpr (kHint) asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+    if constexpr (kHint) policy = evict_first_policy();
     unsigned j = 0;
     for (int ph = 0; ph < nphase; ++ph) {
       const Phase p = phases[ph];
@@ -383,30 +376,16 @@ __global__ void __launch_bounds__((kCW + 1) * 32, 1)
   uint64_t* empty = full + kStages;
   SlotMeta* meta = reinterpret_cast<SlotMeta*>(empty + kStages);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < kStages; ++s) {
-      mbar_init(&full[s], 1);
-      mbar_init(&empty[s], 1);
-    }
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  }
-  __syncthreads();
+  init_ring(full, empty, kStages);
 
   if (warp == kCW) {
     if (lane != 0) return;
-    uint64_t policy;
-    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
-    unsigned j = 0;
-    auto next_slot = [&]() {
-      const unsigned s = j % kStages, k = j / kStages;
-      if (k > 0) mbar_wait(&empty[s], (k - 1) & 1);
-      ++j;
-      return s;
-    };
+    const uint64_t policy = evict_first_policy();
+    SlotCursor slots{empty, kStages};
     int taken = 0;
     for (int ph = 0; ph <= nphase; ++ph) {
       for (int w = 0; w < kCW; ++w) {
-        const unsigned s = next_slot();
+        const unsigned s = slots.next();
         meta[s] = {ph, -1, taken};
         mbar_arrive(&full[s]);
       }
@@ -416,7 +395,7 @@ __global__ void __launch_bounds__((kCW + 1) * 32, 1)
       const Geometry geo(p, kChunkBytes);
       auto load = [&](int u) {
         const Unit un = geo.unit(p, u);
-        const unsigned s = next_slot();
+        const unsigned s = slots.next();
         meta[s] = {ph, u, 0};
         const uint32_t bytes = un.elems * 2;
         mbar_expect_tx(&full[s], un.src1 >= 0 ? 2 * bytes : bytes);
@@ -702,19 +681,9 @@ template <int kStages, int kChunkBytes, bool kHint, int kProducers = 1>
 float run_per_phase(const Phase* d_ph, int nphase, unsigned* bar, int blocks, int iters) {
   auto kern = stream_chain_kernel<kStages, kChunkBytes, kHint, kProducers>;
   const int smem = prepare<kStages, kChunkBytes, kHint, kProducers>(kern);
-  cudaStream_t st;
-  CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
-  for (int i = 0; i < nphase; ++i) kern<<<blocks, kThreads, smem, st>>>(d_ph + i, 1, bar);
-  CK(cudaStreamEndCapture(st, &graph));
-  CK(cudaGraphInstantiate(&exec, graph, 0));
-  const float ms = best_ms(st, iters, [&] { CK(cudaGraphLaunch(exec, st)); });
-  CK(cudaGraphExecDestroy(exec));
-  CK(cudaGraphDestroy(graph));
-  CK(cudaStreamDestroy(st));
-  return ms;
+  return graph_best_ms(iters, [&](cudaStream_t st) {
+    for (int i = 0; i < nphase; ++i) kern<<<blocks, kThreads, smem, st>>>(d_ph + i, 1, bar);
+  });
 }
 
 float max_rel_err(const float* a, const float* b, int n) {
@@ -729,11 +698,7 @@ float max_rel_err(const float* a, const float* b, int n) {
 }  // namespace
 
 int main() {
-  int sms = 0;
-  CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-  cudaDeviceProp prop;
-  CK(cudaGetDeviceProperties(&prop, 0));
-  std::printf("device: %s, %d SMs\n", prop.name, sms);
+  const int sms = print_device();
   constexpr int kLayers = 32;
   Model m;
   for (int l = 0; l < kLayers; ++l) {
@@ -841,16 +806,8 @@ int main() {
     CK(cudaFree(c));
   }
 
-  struct Row {
-    const char* name;
-    float ms;
-  };
-  std::vector<Row> table;
-  auto add = [&](const char* name, float ms) {
-    table.push_back({name, ms});
-    std::printf("%s: %.3f ms\n", name, ms);
-    std::fflush(stdout);
-  };
+  Table table;
+  auto add = [&](const char* name, float ms) { table.add(name, ms); };
   add("static, 8 x 16 KB ring", run_chain<8, 16384, true>(d_ph, n, bar, sms, 5));
   add("static, 8 x 16 KB ring, one launch per phase (graph)", run_per_phase<8, 16384, true>(d_ph, n, bar, sms, 5));
   add("static, 8 x 8 KB ring, 2 blocks/SM", run_chain<8, 8192, true>(d_ph, n, bar, 2 * sms, 5));
@@ -865,8 +822,6 @@ int main() {
   add("  the same, no dot products (timing only)", run_dyn<12, 16384, 1, 6>(d_phd, n, counters, m.hf, sms, 5, 4));
   add("dynamic, 12 x 16 KB, 6 warps, grab 1, registers staged (again)",
       run_dyn<12, 16384, 1, 6>(d_phd, n, counters, m.hf, sms, 5));
-  std::printf("\n| variant (%d blocks) | chain ms (32 layers + LM head) | TB/s |\n|---|---|---|\n", sms);
-  for (const Row& r : table)
-    std::printf("| %s | %.3f | %.3f |\n", r.name, r.ms, weight_bytes / (r.ms * 1e-3) / 1e12);
+  table.print("variant (1 block per SM unless noted)", "chain ms (32 layers + LM head)", weight_bytes);
   return 0;
 }

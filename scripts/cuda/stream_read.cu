@@ -45,28 +45,14 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint64_t* empty = full + kStages;
   int* meta = reinterpret_cast<int*>(empty + kStages);
   const int g = gridDim.x, b = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < kStages; ++s) {
-      mbar_init(&full[s], 1);
-      mbar_init(&empty[s], 1);
-    }
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  }
-  __syncthreads();
+  init_ring(full, empty, kStages);
 
   if (warp == kWarps) {
     if (lane != 0) return;
-    uint64_t policy;
-    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
-    unsigned j = 0;
-    auto next_slot = [&]() {
-      const unsigned s = j % kStages, k = j / kStages;
-      if (k > 0) mbar_wait(&empty[s], (k - 1) & 1);
-      ++j;
-      return s;
-    };
+    const uint64_t policy = evict_first_policy();
+    SlotCursor slots{empty, kStages};
     auto push = [&](const unsigned char* src) {
-      const unsigned s = next_slot();
+      const unsigned s = slots.next();
       meta[s] = 1;
       mbar_expect_tx(&full[s], kChunk);
       bulk_load<true>(smem + s * kChunk, src, kChunk, &full[s], policy);
@@ -87,7 +73,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     }
     for (int w = 0; w < kWarps; ++w) {
-      const unsigned s = next_slot();
+      const unsigned s = slots.next();
       meta[s] = -1;
       mbar_arrive(&full[s]);
     }
@@ -124,29 +110,15 @@ float run_stream(const Seg* d_segs, int nseg, unsigned* ctr, unsigned* sink, int
 
 // The grid-stride read once per matrix, replayed from a CUDA graph (separate kernels, no ring).
 float run_read_per_seg(const std::vector<Seg>& segs, unsigned* sink, int blocks, int iters) {
-  cudaStream_t st;
-  CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
-  for (const Seg& s : segs) read_bw<<<blocks, 512, 0, st>>>(reinterpret_cast<const uint4*>(s.p), s.bytes / 16, sink);
-  CK(cudaStreamEndCapture(st, &graph));
-  CK(cudaGraphInstantiate(&exec, graph, 0));
-  const float ms = best_ms(st, iters, [&] { CK(cudaGraphLaunch(exec, st)); });
-  CK(cudaGraphExecDestroy(exec));
-  CK(cudaGraphDestroy(graph));
-  CK(cudaStreamDestroy(st));
-  return ms;
+  return graph_best_ms(iters, [&](cudaStream_t st) {
+    for (const Seg& s : segs) read_bw<<<blocks, 512, 0, st>>>(reinterpret_cast<const uint4*>(s.p), s.bytes / 16, sink);
+  });
 }
 
 }  // namespace
 
 int main() {
-  int sms = 0;
-  CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-  cudaDeviceProp prop;
-  CK(cudaGetDeviceProperties(&prop, 0));
-  std::printf("device: %s, %d SMs\n", prop.name, sms);
+  const int sms = print_device();
   constexpr long long kHidden = 4096, kQkv = 6144, kInter = 14336, kVocab = 128256;
   const long long sizes[4] = {kQkv * kHidden * 2, kHidden * kHidden * 2, 2 * kInter * kHidden * 2,
                               kHidden * kInter * 2};
@@ -170,16 +142,8 @@ int main() {
   CK(cudaMalloc(&ctr, nseg * 4));
   CK(cudaMalloc(&sink, 4));
 
-  struct Row {
-    const char* name;
-    float ms;
-  };
-  std::vector<Row> table;
-  auto add = [&](const char* name, float ms) {
-    table.push_back({name, ms});
-    std::printf("%s: %.3f ms\n", name, ms);
-    std::fflush(stdout);
-  };
+  Table table;
+  auto add = [&](const char* name, float ms) { table.add(name, ms); };
   {
     const long long n = 2LL << 30;
     unsigned char* a;
@@ -201,7 +165,8 @@ int main() {
     add("read kernel per matrix (graph), 4 blocks/SM", run_read_per_seg(segs, sink, 4 * sms, 5));
     add("read kernel per matrix (graph), 8 blocks/SM", run_read_per_seg(segs, sink, 8 * sms, 5));
   }
-  std::printf("\n| variant (%d SMs) | ms for %.2f GB | TB/s |\n|---|---|---|\n", sms, total / 1e9);
-  for (const Row& r : table) std::printf("| %s | %.3f | %.3f |\n", r.name, r.ms, total / (r.ms * 1e-3) / 1e12);
+  char ms_col[64];
+  std::snprintf(ms_col, sizeof ms_col, "ms for %.2f GB (%d SMs)", total / 1e9, sms);
+  table.print("variant", ms_col, total);
   return 0;
 }
