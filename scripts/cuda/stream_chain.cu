@@ -41,8 +41,8 @@ constexpr int kConsumerWarps = 8;
 constexpr int kConsumers = kConsumerWarps * 32;
 constexpr int kThreads = kConsumers + 32;  // + one producer warp (the last)
 constexpr int kMaxK = kInter;
-constexpr int kMaxPart = 512;
-constexpr int kMaxRows = 4;  // whole rows per chunk (chunks of up to 32 KB at K = 4096)  // per-block partial results held in shared memory (gate_up, down)
+constexpr int kMaxPart = 512;  // per-block partial results held in shared memory (static kernel: gate_up, down)
+constexpr int kMaxRows = 4;    // whole rows per chunk (chunks of up to 32 KB at K = 4096)
 
 enum Kind : int { kPlain = 0, kGateUp = 1, kSplit = 2 };
 
@@ -304,9 +304,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 // stream_read.cu shows the bulk-copy ring streams the chain's bytes at 3.13-3.2 TB/s when no block waits for
 // another, while the static kernel above reaches 2.6-2.7. Here a block's producer grabs `kGrab` units at a time
 // from the phase's counter until it runs out, so faster blocks take more (alone this gained nothing: the
-// consumers held each slot through their dot products, see kStaged). Units: `rpc` whole rows (plain), one gate row with its
-// up row (gate_up: one warp writes silu(g) * u), or one of `pieces` pieces of a down row (added into an fp32
-// accumulator with atomics, rounded to bf16 by the next phase's load). The phase barrier counts finished units:
+// consumers held each slot through their dot products, see kStaged). Units: `rpc` whole rows (plain), one gate
+// row with its up row (gate_up: one warp writes silu(g) * u), or one of `pieces` pieces of a down row (added into
+// an fp32 accumulator with atomics, rounded to bf16 by the next phase's load). The phase barrier counts finished units:
 // when the producer starts a phase it sends one marker slot to each consumer warp, carrying how many units of
 // the previous phase the block took; at the marker the block adds that count to the previous phase's `done`
 // counter, then waits until `done` reaches the phase's unit total.
@@ -316,7 +316,8 @@ struct Unit {
 };
 
 struct Geometry {
-  int units, rpc, pieces;
+  int units = 0, rpc = 1, pieces = 1;
+  Geometry() = default;
   __host__ __device__ Geometry(const Phase& p, int chunk_bytes) {
     rpc = 1;
     pieces = 1;
@@ -411,11 +412,11 @@ __global__ void __launch_bounds__((kCW + 1) * 32, 1)
     return;
   }
 
-  // Zero this block's share of the down accumulators; every block passes phase 0's barrier, which orders these
-  // stores before any down phase adds into them.
+  // Zero this block's share of the down accumulators. Every down phase waits for the `done` count of the phase
+  // before it, which includes every block's count, each added (after a fence) only once these stores are made.
   for (int i = blockIdx.x * (kCW * 32) + threadIdx.x; i < acc_n; i += gridDim.x * (kCW * 32)) acc_zero[i] = 0.f;
   Phase p{};
-  Geometry geo(p, kChunkBytes);
+  Geometry geo;  // set at each phase's marker
   for (unsigned j = warp;; j += kCW) {
     const unsigned s = j % kStages;
     mbar_wait(&full[s], (j / kStages) & 1);
@@ -813,8 +814,10 @@ int main() {
   add("static, 8 x 8 KB ring, 2 blocks/SM", run_chain<8, 8192, true>(d_ph, n, bar, 2 * sms, 5));
   add("dynamic, 8 x 16 KB, 8 warps, grab 1, slot released after the dots",
       run_dyn<8, 16384, 1, 8, false>(d_phd, n, counters, m.hf, sms, 5));
-  add("dynamic, 8 x 16 KB, 8 warps, grab 1, registers staged", run_dyn<8, 16384, 1, 8>(d_phd, n, counters, m.hf, sms, 5));
-  add("dynamic, 8 x 16 KB, 8 warps, grab 4, registers staged", run_dyn<8, 16384, 4, 8>(d_phd, n, counters, m.hf, sms, 5));
+  add("dynamic, 8 x 16 KB, 8 warps, grab 1, registers staged",
+      run_dyn<8, 16384, 1, 8>(d_phd, n, counters, m.hf, sms, 5));
+  add("dynamic, 8 x 16 KB, 8 warps, grab 4, registers staged",
+      run_dyn<8, 16384, 4, 8>(d_phd, n, counters, m.hf, sms, 5));
   add("dynamic, 12 x 16 KB, 6 warps, grab 1, registers staged",
       run_dyn<12, 16384, 1, 6>(d_phd, n, counters, m.hf, sms, 5));
   add("  the same, no barrier wait (timing only)", run_dyn<12, 16384, 1, 6>(d_phd, n, counters, m.hf, sms, 5, 1));
