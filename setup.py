@@ -48,6 +48,8 @@ def radix_sources() -> list[str]:
 def sources(runtime: str) -> list[str]:
     srcs = ["csrc/bindings.cpp", *_rel(glob.glob(os.path.join(CSRC, "cpu", "*.cpp"))), *radix_sources()]
     if runtime != "cpu":
+        # GPU-only bindings live beside their kernels (csrc/fused/fused_bindings.cpp)
+        srcs += _rel(glob.glob(os.path.join(CSRC, "fused", "*.cpp")))
         srcs += _rel(glob.glob(os.path.join(CSRC, "**", "*.cu"), recursive=True))
     return srcs
 

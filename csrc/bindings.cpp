@@ -25,6 +25,11 @@
 #include "ops/ops.h"
 #endif
 
+#ifdef LITE_SRT_WITH_CUDA
+namespace lite_srt {
+void register_fused_decode(pybind11::module_& m);  // fused/fused_bindings.cpp
+}  // namespace lite_srt
+#endif
 #ifdef LITE_SRT_WITH_RADIX
 void register_radix_tree(pybind11::module_& m);
 #endif
@@ -664,6 +669,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("ar_header_bytes") = py::int_(kArHeaderBytes);
   m.def("pdl_enabled_cuda", &pdl_enabled,
         "whether kernels on the current device use programmatic dependent launch (LITE_SRT_PDL=0 turns it off)");
+  register_fused_decode(m);
 #endif
 #ifdef LITE_SRT_WITH_RADIX
   register_radix_tree(m);
