@@ -17,6 +17,9 @@ Under tensor parallelism the graphs hold the model up to the final norm, with ev
 custom all-reduce (an ordinary kernel); the LM head and its NCCL all-gather of the vocabulary run eagerly after
 the replay (`with_logits=False`).
 
+With a fused decode step (fused_decode.py) batch size 1 also gets a graph of that one kernel, replayed instead of
+the model's graph while the request's context fits it (FusedDecodeStep.max_keys).
+
 Ownership: built on the event-loop thread at startup (before serving), then used only by the forward thread.
 """
 
@@ -30,6 +33,7 @@ import torch
 
 from lite_srt import kernels
 from lite_srt.engine.forward_batch import DecodeKeys, ForwardBatch, ForwardMode
+from lite_srt.engine.fused_decode import FusedDecodeStep
 from lite_srt.engine.prefix_groups import MAX_GROUP, CascadeBatch
 from lite_srt.layers.attention import PagedAttention
 from lite_srt.mem.kv_pool import KVPool
@@ -156,8 +160,13 @@ class CudaGraphRunner:
         max_bs: int,
         with_logits: bool = True,
         cascade: bool = False,
+        fused: FusedDecodeStep | None = None,
     ) -> None:
         self.model, self.pool, self.req_to_token = model, pool, req_to_token
+        self.fused = fused  # batch size 1 through the fused kernel (set before capture; None: the model)
+        self.fused_graph: torch.cuda.CUDAGraph | None = None
+        self.fused_output: torch.Tensor | None = None
+        self.fused_replays = 0  # replays of the fused graph (tests and A/B runs read it)
         self.with_logits = with_logits
         self.dummy_slot, self.dummy_row = pool.dummy_slot, dummy_row
         self.sizes = capture_batch_sizes(max_bs)
@@ -191,6 +200,13 @@ class CudaGraphRunner:
                     with torch.cuda.graph(graph, pool=mem_pool, stream=stream):
                         self.outputs[key] = self._forward(fb)
                     self.graphs[key] = graph
+            if self.fused is not None and self.sizes[0] == 1:
+                fb = self.inputs.batch(1, self.req_to_token)
+                for _ in range(2):
+                    self._forward(fb, fused=True)
+                self.fused_graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self.fused_graph, pool=mem_pool, stream=stream):
+                    self.fused_output = self._forward(fb, fused=True)
         torch.cuda.current_stream().wait_stream(stream)
         torch.cuda.synchronize()
         logger.info(
@@ -229,18 +245,29 @@ class CudaGraphRunner:
         return True
 
     @torch.inference_mode()
-    def time_decode_step(self, bs: int = 1, replays: int = 20) -> float:
+    def time_decode_step(self, bs: int = 1, replays: int = 20, keys: int = 1) -> float:
         """Milliseconds per replay of a decode graph at `bs` captured now, with the kernels as currently chosen
-        (startup tuning, gemv_tuning.py). The graph is dropped afterwards."""
+        (startup tuning, gemv_tuning.py), every row attending `keys` keys (the dummy row's, all at the dummy
+        slot). The graph is dropped afterwards and the inputs are left as padding expects them."""
         fb = self.inputs.batch(bs, self.req_to_token)
+        self.inputs.seq_lens[:bs].fill_(keys)
+        self.inputs.positions[:bs].fill_(keys - 1)
+        try:
+            return self._time_graph(fb, bs, replays)
+        finally:
+            self.inputs.seq_lens[:bs].fill_(1)
+            self.inputs.positions[:bs].zero_()
+
+    def _time_graph(self, fb: ForwardBatch, bs: int, replays: int) -> float:
+        fused = self.fused is not None and bs == 1
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self._forward(fb)
+                self._forward(fb, fused)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, stream=stream):
-                self._forward(fb)
+                self._forward(fb, fused)
         torch.cuda.current_stream().wait_stream(stream)
         graph.replay()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -251,7 +278,10 @@ class CudaGraphRunner:
         end.synchronize()
         return start.elapsed_time(end) / replays
 
-    def _forward(self, fb: ForwardBatch) -> torch.Tensor:
+    def _forward(self, fb: ForwardBatch, fused: bool = False) -> torch.Tensor:
+        if fused:
+            assert self.fused is not None
+            return self.fused(fb)
         return self.model(fb, self.pool) if self.with_logits else self.model.final_hidden(fb, self.pool)
 
     def can_run(self, fb: ForwardBatch) -> bool:
@@ -271,6 +301,16 @@ class CudaGraphRunner:
             self._splits = (key, kernels.cascade_shared_splits(self.pool.device, q_heads, kv_heads, *key))
         return self._splits[1]
 
+    def use_fused(self, fb: ForwardBatch) -> bool:
+        """Whether a step replays the fused graph: one request whose keys fit the kernel."""
+        return (
+            self.fused_graph is not None
+            and fb.batch_size == 1
+            and fb.cascade is None
+            and fb.decode_keys is not None
+            and fb.decode_keys.max <= self.fused.max_keys  # type: ignore[union-attr]
+        )
+
     def _padded(self, bs: int) -> int:
         return next(s for s in self.sizes if s >= bs)
 
@@ -288,6 +328,10 @@ class CudaGraphRunner:
             inp.req_pool_indices[bs:padded].fill_(self.dummy_row)
             inp.seq_lens[bs:padded].fill_(1)
             inp.positions[bs:padded].zero_()
+        if self.use_fused(fb):
+            self.fused_replays += 1
+            self.fused_graph.replay()  # type: ignore[union-attr]
+            return self.fused_output  # type: ignore[return-value]
         cascade = fb.cascade is not None
         if fb.cascade is not None:
             c = fb.cascade

@@ -23,7 +23,7 @@ from lite_srt.layers.linear import ColumnParallelLinear, ParallelLMHead, RowPara
 
 logger = logging.getLogger(__name__)
 
-_ROUNDS = 2  # alternating timings per path; the minimum of each counts
+ROUNDS = 2  # alternating timings per path; the minimum of each counts
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,16 @@ def gemv_shapes(model: nn.Module) -> set[tuple[int, int]]:
     }
 
 
+def best_alternating(time_ms: Callable[[bool], float], rounds: int = ROUNDS) -> dict[bool, float]:
+    """The minimum of `rounds` timings each of time_ms(True) and time_ms(False), alternating so that drift (clocks,
+    temperature) hits both alike."""
+    best = {True: float("inf"), False: float("inf")}
+    for _ in range(rounds):
+        for on in (True, False):
+            best[on] = min(best[on], time_ms(on))
+    return best
+
+
 def tune_one_row_linear(model: nn.Module, time_step_ms: Callable[[], float]) -> OneRowChoice | None:
     """Times `time_step_ms` (one batch-1 decode step, freshly captured) with the native GEMV on and off for
     every shape it takes, and leaves kernels on the faster. None when LITE_SRT_GEMV forces a path or nothing
@@ -72,11 +82,12 @@ def tune_one_row_linear(model: nn.Module, time_step_ms: Callable[[], float]) -> 
     shapes = gemv_shapes(model)
     if not shapes:
         return None
-    best = {True: float("inf"), False: float("inf")}
-    for _ in range(_ROUNDS):
-        for native in (True, False):
-            kernels.set_gemv_picks(shapes if native else set())
-            best[native] = min(best[native], time_step_ms())
+
+    def timed(native: bool) -> float:
+        kernels.set_gemv_picks(shapes if native else set())
+        return time_step_ms()
+
+    best = best_alternating(timed)
     choice = OneRowChoice(best[True], best[False])
     kernels.set_gemv_picks(shapes if choice.native else set())
     logger.info(

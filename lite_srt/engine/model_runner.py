@@ -25,6 +25,8 @@ from lite_srt.distributed.group import TPGroup
 from lite_srt.distributed.step_sync import TableWrites, send_step
 from lite_srt.engine.cuda_graph import CudaGraphRunner
 from lite_srt.engine.forward_batch import ForwardBatch, ForwardMode, list_to_device
+from lite_srt.engine.fused_decode import TIMING_KEYS, FusedDecodeChoice, FusedDecodeStep
+from lite_srt.engine.fused_decode import choose as choose_fused_decode
 from lite_srt.engine.gemv_tuning import OneRowChoice, tune_one_row_linear
 from lite_srt.engine.sampler import SampleOutput, SamplingBatch, sample
 from lite_srt.loader import iter_weight_sources, resolve_load_format
@@ -114,6 +116,7 @@ class ModelRunner:
         self.chunked_prefill_size = args.chunked_prefill_size or _default_chunk(self.device)
         self.model = self._load_model(model_path)
         self.gemv_choice: OneRowChoice | None = None  # set with the CUDA graphs (gemv_tuning.py)
+        self.fused_choice: FusedDecodeChoice | None = None  # likewise (fused_decode.py)
         # Cascade decode (prefix_groups.py), unless turned off: it needs the CUDA kernel's tensor-core path
         # (fp16/bf16, NVIDIA) and one rank (tensor-parallel workers rebuild each batch from its host tensors, which
         # do not carry the groups). The scheduler and the graph capture both read this one flag.
@@ -245,8 +248,25 @@ class ModelRunner:
         # tensor parallelism every timed step would be a collective, and ranks could pick differently.
         if self.tp.size == 1:
             self.gemv_choice = tune_one_row_linear(self.model, runner.time_decode_step)
+        runner.fused = self._fused_decode(runner)
         runner.capture()
         return runner
+
+    def _fused_decode(self, runner: CudaGraphRunner) -> FusedDecodeStep | None:
+        """The fused batch-1 decode step where it applies and (unless forced) times faster than the unfused
+        step with the GEMV choice just made."""
+        fused = FusedDecodeStep.create(self.model, self.pool, self.tp.size)
+        if fused is None:
+            return None
+
+        keys = min(TIMING_KEYS, self.context_length)
+
+        def time_step(on: bool) -> float:
+            runner.fused = fused if on else None
+            return runner.time_decode_step(keys=keys)
+
+        self.fused_choice = choose_fused_decode(time_step)
+        return fused if self.fused_choice is None or self.fused_choice.fused else None
 
     def _make_pool(self) -> KVPool:
         cfg, page = self.cfg, self.args.page_size
