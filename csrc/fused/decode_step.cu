@@ -61,7 +61,8 @@ constexpr int kPhasesPerLayer = 6;
 
 enum Kind : int { kQkv = 0, kAttn = 1, kMerge = 2, kO = 3, kGateUp = 4, kDown = 5, kLmHead = 6 };
 
-int down_pieces(int inter) { return (inter * 2 + kSlotBytes - 1) / kSlotBytes; }
+// Pieces of a down row in 16 KB slots (each added into the fp32 accumulator on its own).
+__host__ __device__ constexpr int down_pieces(int inter) { return (inter * 2 + kSlotBytes - 1) / kSlotBytes; }
 
 __host__ __device__ constexpr size_t align256(size_t b) { return (b + 255) / 256 * 256; }
 
@@ -73,7 +74,7 @@ struct Layout {
     size_t at = 0;
     auto take = [&](size_t bytes) {
       const size_t here = at;
-      at += (bytes + 255) / 256 * 256;
+      at += align256(bytes);
       return here;
     };
     qkv = take(layers * nqkv * 2);
@@ -114,8 +115,7 @@ size_t fused_decode_workspace_bytes(int num_layers, int hidden, int inter, int h
   return Layout(num_layers, hidden, inter, hq, hkv).total;
 }
 
-size_t fused_decode_counters(int num_layers, int hkv) {
-  (void)hkv;
+size_t fused_decode_counters(int num_layers) {
   const int nphase = kPhasesPerLayer * num_layers + 1;
   return 2 * static_cast<size_t>(nphase);  // per phase: units taken, units done
 }
@@ -196,18 +196,6 @@ __device__ __forceinline__ float dot8(uint4 w, const float (&x)[8]) {
   return s;
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
 __device__ __forceinline__ float silu(float x) { return x / (1.f + __expf(-x)); }
 
 struct SlotMeta {
@@ -238,7 +226,7 @@ __device__ __forceinline__ void post(Mail* mail, unsigned* head, int phase, int 
 // What the kernel derives from the arguments once.
 struct Step {
   const FusedDecodeArgs& a;  // the kernel's __grid_constant__ parameter (read in place, never copied)
-  int nqkv, qd, group, pieces, piece_elems, nphase;
+  int nqkv, qd, group, pieces, piece_elems, nphase;  // group: query heads per KV head
   bf16 *qkv, *attn, *mid, *gu;
   float *acc, *part_o, *part_ml;
   unsigned *ctr, *done;
@@ -247,7 +235,7 @@ struct Step {
     nqkv = (a.hq + 2 * a.hkv) * D;
     qd = a.hq * D;
     group = a.hq / a.hkv;
-    pieces = (a.inter * 2 + kSlotBytes - 1) / kSlotBytes;
+    pieces = down_pieces(a.inter);
     piece_elems = a.inter / pieces;
     nphase = kPhasesPerLayer * a.num_layers + 1;
     const Layout lay(a.num_layers, a.hidden, a.inter, a.hq, a.hkv);
@@ -334,7 +322,7 @@ __device__ void load_input(const Step& st, int ph, bf16* xs, float* red) {
     for (int e = 0; e < 8; ++e) ss = fmaf(x[e], x[e], ss);
     xv[i] = pack8(x);
   }
-  ss = warp_sum(ss);
+  ss = warp_reduce_sum(ss);
   if ((t & 31) == 0) red[t >> 5] = ss;
   consumers_sync();
   float tot = 0.f;
@@ -388,11 +376,10 @@ __device__ Copy unit_copy(const Step& st, int kind, int l, int u) {
 }
 
 // A weight unit: the lane's share of the slot into registers, the slot back to the producer, then the dot
-// products with the input vector and the phase's epilogue. Not inlined, like attention_unit: each gets its own
-// register allocation (together in one function they spilled).
-__device__ __forceinline__ void weight_unit(const FusedDecodeArgs& a, int kind, int l, int u, const unsigned char* slot,
-                                         uint64_t* empty, const bf16* xs, int lane) {
-  const Step st(a);
+// products with the input vector and the phase's epilogue.
+__device__ __forceinline__ void weight_unit(const Step& st, int kind, int l, int u, const unsigned char* slot,
+                                            uint64_t* empty, const bf16* xs, int lane) {
+  const FusedDecodeArgs& a = st.a;
   const Copy cp = unit_copy(st, kind, l, u);
   const int total = (cp.src1 != nullptr ? 2 : 1) * static_cast<int>(cp.bytes / 16);  // vectors in the slot
   int row_vec;  // 16-byte vectors per row (or piece)
@@ -428,8 +415,8 @@ __device__ __forceinline__ void weight_unit(const FusedDecodeArgs& a, int kind, 
     else
       acc0 += d;
   }
-  acc0 = warp_sum(acc0);
-  acc1 = warp_sum(acc1);
+  acc0 = warp_reduce_sum(acc0);
+  acc1 = warp_reduce_sum(acc1);
   if (lane != 0) return;
   const size_t lo = static_cast<size_t>(l);
   if ((a.skip & 4) && (kind == kQkv || kind == kO)) {  // timing only: the stores without their loads
@@ -497,19 +484,18 @@ __device__ void rope8(const bf16* head, int d0, const float* cs, bool neox, floa
 // Attention unit u = (split c, KV head h) of layer l, one warp: keys [32c, 32c + 32) whose K rows (then V rows)
 // the producer copied into `slot` (all but the new key, which comes from the qkv buffer and is stored to the
 // cache here). Lane owns dims [d0, d0 + 8) of every head; the two half-warps take alternate keys, each with its
-// own online softmax, combined at the end. Splits write partials; the last of a head merges them.
-__device__ __forceinline__ void attention_unit(const FusedDecodeArgs& a, int l, int u, int S,
-                                               const unsigned char* slot, uint64_t* empty, int lane) {
-  const Layout lay(a.num_layers, a.hidden, a.inter, a.hq, a.hkv);
-  unsigned char* ws = static_cast<unsigned char*>(a.workspace);
-  const int G = a.hq / a.hkv, nqkv = (a.hq + 2 * a.hkv) * D;
-  float* part_o = reinterpret_cast<float*>(ws + lay.part_o);
-  float* part_ml = reinterpret_cast<float*>(ws + lay.part_ml);
+// own online softmax, combined at the end. The unit writes its partial; the merge phase combines them.
+__device__ __forceinline__ void attention_unit(const Step& st, int l, int u, int S, const unsigned char* slot,
+                                               uint64_t* empty, int lane) {
+  const FusedDecodeArgs& a = st.a;
+  const int G = st.group;
+  float* part_o = st.part_o;
+  float* part_ml = st.part_ml;
   const int h = u % a.hkv, c = u / a.hkv;
   const int64_t seq = a.seq_lens[0], pos = a.positions[0];
   const int k0 = c * kFusedSplitKeys, nk = static_cast<int>(seq - k0 < kFusedSplitKeys ? seq - k0 : kFusedSplitKeys);
   const int newest = static_cast<int>(seq - 1 - k0);  // the new key's index in the unit (>= nk: not here)
-  const bf16* qkv = reinterpret_cast<const bf16*>(ws + lay.qkv) + static_cast<size_t>(l) * nqkv;
+  const bf16* qkv = st.qkv + static_cast<size_t>(l) * st.nqkv;
   const float* cs = a.cos_sin + pos * D;
   const int d0 = 8 * (lane & 15), half = lane >> 4;
 
@@ -610,12 +596,10 @@ __device__ __forceinline__ void attention_unit(const FusedDecodeArgs& a, int l, 
 
 // Merge unit qh of layer l, one warp: query head qh's S split partials into its attention output (bf16). Lane
 // owns dims [4 lane, 4 lane + 4); kBatch splits' loads are in flight at a time.
-__device__ __forceinline__ void merge_unit(const FusedDecodeArgs& a, int l, int qh, int S, int lane) {
-  const Layout lay(a.num_layers, a.hidden, a.inter, a.hq, a.hkv);
-  unsigned char* ws = static_cast<unsigned char*>(a.workspace);
-  const int G = a.hq / a.hkv, h = qh / G, g = qh % G;
-  const float* part_o = reinterpret_cast<const float*>(ws + lay.part_o);
-  const float2* part_ml = reinterpret_cast<const float2*>(ws + lay.part_ml);
+__device__ __forceinline__ void merge_unit(const Step& st, int l, int qh, int S, int lane) {
+  const int G = st.group, h = qh / G, g = qh % G;
+  const float* part_o = st.part_o;
+  const float2* part_ml = reinterpret_cast<const float2*>(st.part_ml);
   const size_t pbase = (static_cast<size_t>(h) * kFusedMaxSplits) * G;
   float2 ml[2];
 #pragma unroll
@@ -623,11 +607,11 @@ __device__ __forceinline__ void merge_unit(const FusedDecodeArgs& a, int l, int 
     const int p = lane + 32 * r;
     ml[r] = p < S ? __ldcg(part_ml + pbase + p * G + g) : make_float2(-INFINITY, 0.f);
   }
-  const float mx = warp_max(fmaxf(ml[0].x, ml[1].x));
+  const float mx = warp_reduce_max(fmaxf(ml[0].x, ml[1].x));
   float wgt[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) wgt[r] = lane + 32 * r < S ? exp2f(ml[r].x - mx) : 0.f;
-  const float tot = warp_sum(wgt[0] * ml[0].y + wgt[1] * ml[1].y);
+  const float tot = warp_reduce_sum(wgt[0] * ml[0].y + wgt[1] * ml[1].y);
   constexpr int kBatch = 16;
   float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
@@ -650,8 +634,8 @@ __device__ __forceinline__ void merge_unit(const FusedDecodeArgs& a, int l, int 
     }
   }
   const float inv = tot > 0.f ? 1.f / tot : 0.f;
-  __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(reinterpret_cast<bf16*>(ws + lay.attn) +
-                                                          (static_cast<size_t>(l) * a.hq + qh) * D + 4 * lane);
+  __nv_bfloat162* dst =
+      reinterpret_cast<__nv_bfloat162*>(st.attn + (static_cast<size_t>(l) * st.a.hq + qh) * D + 4 * lane);
   dst[0] = __floats2bfloat162_rn(acc.x * inv, acc.y * inv);
   dst[1] = __floats2bfloat162_rn(acc.z * inv, acc.w * inv);
 }
@@ -694,12 +678,12 @@ __global__ void __launch_bounds__(kThreads, 1) fused_decode_kernel(const __grid_
       if (st.kind(ph) == kMerge) {
         __syncwarp();
         if (lane == 0) mbar_arrive(&empty[s]);  // a metadata-only slot
-        if (!(a.skip & 32)) merge_unit(a, st.layer(ph), u, splits, lane);
+        if (!(a.skip & 32)) merge_unit(st, st.layer(ph), u, splits, lane);
       } else if (a.skip & 64) {  // timing only: the slot back at once, no attention math
         __syncwarp();
         if (lane == 0) mbar_arrive(&empty[s]);
       } else {
-        attention_unit(a, st.layer(ph), u, splits, ring + s * kSlotBytes, &empty[s], lane);
+        attention_unit(st, st.layer(ph), u, splits, ring + s * kSlotBytes, &empty[s], lane);
       }
       __syncwarp();
       if (lane == 0) {
@@ -831,7 +815,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_decode_kernel(const __grid_
       __syncwarp();
       continue;
     }
-    weight_unit(a, kind, layer, mt.unit, ring + s * kSlotBytes, &empty[s], xs, lane);
+    weight_unit(st, kind, layer, mt.unit, ring + s * kSlotBytes, &empty[s], xs, lane);
   }
 #endif
 }
@@ -855,7 +839,7 @@ cudaError_t launch_fused_decode(const FusedDecodeArgs& a, cudaStream_t stream) {
   err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fused_decode_kernel, kThreads, smem);
   if (err != cudaSuccess) return err;
   if (per_sm < 1) return cudaErrorInvalidConfiguration;
-  err = cudaMemsetAsync(a.counters, 0, fused_decode_counters(a.num_layers, a.hkv) * sizeof(unsigned), stream);
+  err = cudaMemsetAsync(a.counters, 0, fused_decode_counters(a.num_layers) * sizeof(unsigned), stream);
   if (err != cudaSuccess) return err;
   fused_decode_kernel<<<sms, kThreads, smem, stream>>>(a);
   return cudaGetLastError();

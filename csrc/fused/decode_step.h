@@ -60,7 +60,7 @@ struct FusedDecodeArgs {
 // nullptr when the shapes fit the kernel, else why they do not.
 const char* fused_decode_unsupported(int hidden, int inter, int hq, int hkv, int head_dim);
 size_t fused_decode_workspace_bytes(int num_layers, int hidden, int inter, int hq, int hkv);
-size_t fused_decode_counters(int num_layers, int hkv);
+size_t fused_decode_counters(int num_layers);
 // Whether this device can run the kernel (compute capability 9.x, sm_90a code in the build, room for the ring).
 bool fused_decode_available();
 cudaError_t launch_fused_decode(const FusedDecodeArgs& a, cudaStream_t stream);

@@ -38,7 +38,7 @@ std::vector<int64_t> sizes(int64_t layers, int64_t hidden, int64_t inter, int64_
   return {static_cast<int64_t>(fused_decode_workspace_bytes(static_cast<int>(layers), static_cast<int>(hidden),
                                                             static_cast<int>(inter), static_cast<int>(hq),
                                                             static_cast<int>(hkv))),
-          static_cast<int64_t>(fused_decode_counters(static_cast<int>(layers), static_cast<int>(hkv)))};
+          static_cast<int64_t>(fused_decode_counters(static_cast<int>(layers)))};
 }
 
 bool available(int64_t device) {

@@ -34,15 +34,17 @@ from lite_srt import kernels
 from lite_srt.engine.forward_batch import ForwardBatch
 from lite_srt.engine.gemv_tuning import best_alternating
 from lite_srt.mem.kv_pool import KVPool
+from lite_srt.models.llama import LlamaForCausalLM
 
 logger = logging.getLogger(__name__)
 
 _MODE = os.environ.get("LITE_SRT_FUSED_DECODE", "0")
 HEAD_DIM = 128
-MAX_GROUP = 4
 
 
-TIMING_KEYS = 1024  # the context the startup choice times at: attention, not the weights, tells the paths apart
+TIMING_KEYS = (
+    1024  # the context the startup choice times at: attention, not the weights, tells the paths apart
+)
 
 
 def mode() -> str:
@@ -52,10 +54,9 @@ def mode() -> str:
 
 def unsupported_reason(model: nn.Module, pool: KVPool, tp_size: int) -> str | None:
     """None when the fused step can run this model on this device, else why not (logged at startup)."""
-    cfg = getattr(model, "config", None)
-    layers = getattr(model, "layers", None)
-    if cfg is None or layers is None or type(model).__name__ != "LlamaForCausalLM":
+    if not isinstance(model, LlamaForCausalLM):
         return "not a Llama-architecture model"
+    cfg, layers = model.config, model.layers
     if tp_size != 1:
         return "tensor parallelism"
     if pool.device.type != "cuda" or torch.version.hip is not None:
