@@ -3,6 +3,10 @@ CUDA graphs on the same weights and context, plus timing-only cuts of the kernel
 wrong) that show where its time goes.
 
   python scripts/bench_fused_decode.py --model-path llama-3.1-8b --context 1024 --skips 0 2 1 4 8 16
+  python scripts/bench_fused_decode.py --context 1024 2048 --unit-slots 1 2
+
+--unit-slots also times the kernel with attention units of at most that many ring slots (LITE_SRT_FUSED_UNIT_SLOTS;
+1: units of 32 keys, several per block; the default spans up to 4 slots, one unit per block).
 
 Prints ms per step for each variant (best of --rounds x --iters replays) as a table last; writes JSON with --out.
 """
@@ -60,6 +64,7 @@ def main() -> None:
     p.add_argument("--model-path", default="llama-3.1-8b")
     p.add_argument("--context", type=int, nargs="+", default=[1024])
     p.add_argument("--skips", type=int, nargs="+", default=[0])
+    p.add_argument("--unit-slots", type=int, nargs="+", default=[])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--out", default=None)
@@ -85,6 +90,12 @@ def main() -> None:
                 rows.append({"context": ctx, "variant": SKIPS.get(skip, f"cuts {skip}"), "ms": ms})
                 print(rows[-1], flush=True)
             os.environ.pop("LITE_SRT_FUSED_SKIP", None)
+            for slots in a.unit_slots:
+                os.environ["LITE_SRT_FUSED_UNIT_SLOTS"] = str(slots)
+                ms = graph_ms(lambda fb=fb: step(fb), a.rounds, a.iters)
+                rows.append({"context": ctx, "variant": f"fused kernel, units of <= {slots} slots", "ms": ms})
+                print(rows[-1], flush=True)
+            os.environ.pop("LITE_SRT_FUSED_UNIT_SLOTS", None)
     print(f"\n{torch.cuda.get_device_name()}, {a.model_path} (dummy weights, bf16), batch 1")
     print("| context | variant | ms per step |\n|---|---|---|")
     for r in rows:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import torch
@@ -108,6 +109,20 @@ def run_case(runner: ModelRunner, bs: int, input_len: int, output_len: int) -> d
     }
 
 
+def profiled(fn, path: str | None, tag: str):
+    """fn(), under torch.profiler when `path` is given: its chrome trace to path (tagged per case), and the
+    kernels' GPU time printed, to set against the measured step time (the rest is the GPU waiting)."""
+    if path is None:
+        return fn()
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts) as prof:
+        out = fn()
+    root, ext = os.path.splitext(path)
+    prof.export_chrome_trace(f"{root}_{tag}{ext or '.json'}")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20), flush=True)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-path", default="llama-3.1-8b")
@@ -121,6 +136,9 @@ def main() -> None:
     p.add_argument("--tp-size", type=int, default=1)
     p.add_argument("--disable-custom-all-reduce", action="store_true", help="NCCL only at tp > 1 (A/B)")
     p.add_argument("--out", default="bench_one_batch.json")
+    p.add_argument(
+        "--profile", default=None, help="chrome trace of the measured runs (torch.profiler) to this path"
+    )
     a = p.parse_args()
     max_bs = max(a.batch_size)
     longest = max(a.input_len) + a.output_len
@@ -155,7 +173,7 @@ def main() -> None:
     for bs in a.batch_size:
         for n in a.input_len:
             run_case(runner, bs, n, min(a.output_len, 4))  # warm-up (allocator, kernels)
-            r = run_case(runner, bs, n, a.output_len)
+            r = profiled(lambda bs=bs, n=n: run_case(runner, bs, n, a.output_len), a.profile, f"bs{bs}_in{n}")
             r["cuda_graph"] = runner.graphs is not None
             r["custom_all_reduce"] = tp.custom_ar is not None
             r["pdl"] = runner.pdl

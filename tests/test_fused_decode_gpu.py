@@ -103,6 +103,19 @@ def _check(fused: torch.Tensor, ref: torch.Tensor, tol: float) -> None:
 @pytest.mark.parametrize("name", list(CONFIGS))
 @pytest.mark.parametrize("n", [1, 2, 31, 32, 33, 700, 1100, 2048])
 def test_fused_step_matches_the_unfused_model(dummy_runner, name, n):
+    _compare_steps(dummy_runner, name, n)
+
+
+# The attention units' length (fused_bindings.cpp): at most 1 ring slot (32 keys) each, or 2, against the default
+# 4 the other tests use (with 8 KV heads on 132 SMs: one unit of up to 4 slots per block).
+@pytest.mark.parametrize("slots", ["1", "2"])
+@pytest.mark.parametrize("n", [33, 513, 1100, 2048])
+def test_fused_step_with_shorter_attention_units(dummy_runner, monkeypatch, slots, n):
+    monkeypatch.setenv("LITE_SRT_FUSED_UNIT_SLOTS", slots)
+    _compare_steps(dummy_runner, "gqa2_llama3_rope_split_down", n)
+
+
+def _compare_steps(dummy_runner, name: str, n: int) -> None:
     runner = _runner(dummy_runner, CONFIGS[name], disable_cuda_graph=True)
     _randomize_norms(runner.model)
     assert fused_decode.unsupported_reason(runner.model, runner.pool, 1) is None

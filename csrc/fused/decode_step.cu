@@ -18,11 +18,13 @@
 //    of the previous phase it took. At the marker the block adds that count plus one to the previous phase's
 //    `done` counter and waits for (units + blocks): every unit is finished and every block has also loaded its
 //    input for that phase, so buffers can be reused in place.
-//  - Attention units are (KV head, 32 keys) pairs. The whole producer warp copies a unit's K and V rows (one
-//    row per lane, through the request's token table) into a slot. The consumer warp that receives the slot
-//    hands it to the block's attention warp through a shared-memory mailbox. That warp rotates its heads' q
-//    (RoPE), keeps one online softmax per half-warp, writes the new key's rotated k and its v to the cache,
-//    and counts each finished unit into the phase barrier itself. Units write partials (unnormalized o, max,
+//  - Attention units are (KV head, key range) pairs, one per block where the KV heads allow, of up to 4 slots
+//    of 32 keys. The whole producer warp copies each slot's K and V rows (one row per lane, through the
+//    request's token table). The consumer warp that receives a unit's first slot hands the unit to the block's
+//    attention warp through a shared-memory mailbox. That warp rotates its heads' q (RoPE), keeps one online
+//    softmax per half-warp across the slots, writes the new key's rotated k and its v to the cache, and counts
+//    each finished unit into the phase barrier itself. (As one-slot units, 2-3 ran back to back per block at
+//    1-2k keys, each paying its q loads and partial stores: 0.2-0.5 ms more per step on an H100.) Units write partials (unnormalized o, max,
 //    sum); the merge phase's units (one per query head, also on the attention warps) combine them. As one
 //    last-finisher merge per KV head the merge cost 0.58 ms per step, as a phase 0.11 (H100, 1k keys). With
 //    attention in its own warp, the weight units' registers do not add to its (in one loop they spilled, and
@@ -202,23 +204,24 @@ struct SlotMeta {
   int phase;
   int unit;   // < 0: a phase marker
   int count;  // marker: units of phase - 1 this block took
-  int pad;
+  int part;   // an attention unit's slots: 0, 1, ... (the first one is handed over, the attention warp waits for the rest)
 };
 
-// An attention unit handed from the consumer warp that received its slot to the block's attention warp. Entry n
-// of the stream sits at n % kStages; `seq` = n + 1 marks it written. At most kStages are outstanding (each holds
-// a ring slot), so an entry is never overwritten before it is read.
+// An attention unit handed from the consumer warp that received its first slot to the block's attention warp.
+// Entry n of the stream sits at n % kStages; `seq` = n + 1 marks it written. At most kStages are outstanding
+// (each holds a ring slot), so an entry is never overwritten before it is read.
 struct Mail {
-  int phase, unit, slot;
+  int phase, unit;
+  unsigned at;  // the unit's first slot's place in the ring's stream (slot at % kStages, lap at / kStages)
   volatile int seq;
 };
 
-__device__ __forceinline__ void post(Mail* mail, unsigned* head, int phase, int unit, int slot) {
+__device__ __forceinline__ void post(Mail* mail, unsigned* head, int phase, int unit, unsigned at) {
   const unsigned n = atomicAdd(head, 1u);  // shared-memory atomic: the entry's place in the stream
   Mail* m = mail + n % kStages;
   m->phase = phase;
   m->unit = unit;
-  m->slot = slot;
+  m->at = at;
   __threadfence_block();
   m->seq = static_cast<int>(n + 1);
 }
@@ -227,6 +230,7 @@ __device__ __forceinline__ void post(Mail* mail, unsigned* head, int phase, int 
 struct Step {
   const FusedDecodeArgs& a;  // the kernel's __grid_constant__ parameter (read in place, never copied)
   int nqkv, qd, group, pieces, piece_elems, nphase;  // group: query heads per KV head
+  int splits, unit_slots;  // attention units per KV head, ring slots (of kFusedSlotKeys keys) per unit
   bf16 *qkv, *attn, *mid, *gu;
   float *acc, *part_o, *part_ml;
   unsigned *ctr, *done;
@@ -249,19 +253,30 @@ struct Step {
     part_ml = reinterpret_cast<float*>(ws + lay.part_ml);
     ctr = a.counters;
     done = ctr + nphase;
+    // Attention geometry: one unit per block where the KV heads allow (a unit's latency is mostly its q loads
+    // and partial stores, so one longer unit beats several short ones back to back on the attention warp),
+    // units of at most a.unit_slots slots.
+    const int64_t keys = a.seq_lens[0];
+    const int chunks = static_cast<int>(keys < 1 ? 1 : (keys + kFusedSlotKeys - 1) / kFusedSlotKeys);  // <= 64 (host)
+    const int most = min(max(a.unit_slots, 1), kFusedUnitSlots);
+    const int want = min(chunks, max(static_cast<int>(gridDim.x) / a.hkv, (chunks + most - 1) / most));
+    unit_slots = (chunks + want - 1) / want;
+    splits = (chunks + unit_slots - 1) / unit_slots;
   }
 
   // Phase ph: (kind, layer); the LM head is layer num_layers (its input is the residual after the last layer).
   __device__ int kind(int ph) const { return ph == nphase - 1 ? kLmHead : ph % kPhasesPerLayer; }
   __device__ int layer(int ph) const { return ph / kPhasesPerLayer; }
 
-  // Key splits per KV head for the step's keys (the attention phase's units are hkv x splits).
-  __device__ int splits() const {
-    const int64_t want = (a.seq_lens[0] + kFusedSplitKeys - 1) / kFusedSplitKeys;  // <= kFusedMaxSplits (host)
-    return static_cast<int>(want < 1 ? 1 : want > kFusedMaxSplits ? kFusedMaxSplits : want);
+  // Attention unit u's first key and its number of keys (the new one included).
+  __device__ int unit_key0(int u) const { return (u / a.hkv) * unit_slots * kFusedSlotKeys; }
+  __device__ int unit_keys(int u) const {
+    const int64_t left = a.seq_lens[0] - unit_key0(u);
+    return static_cast<int>(left < unit_slots * kFusedSlotKeys ? left : unit_slots * kFusedSlotKeys);
   }
+  __device__ int unit_slot_count(int u) const { return (unit_keys(u) + kFusedSlotKeys - 1) / kFusedSlotKeys; }
 
-  __device__ int units(int ph, int splits) const {
+  __device__ int units(int ph) const {
     switch (kind(ph)) {
       case kQkv: return nqkv / 2;
       case kAttn: return a.hkv * splits;
@@ -481,20 +496,22 @@ __device__ void rope8(const bf16* head, int d0, const float* cs, bool neox, floa
   }
 }
 
-// Attention unit u = (split c, KV head h) of layer l, one warp: keys [32c, 32c + 32) whose K rows (then V rows)
-// the producer copied into `slot` (all but the new key, which comes from the qkv buffer and is stored to the
-// cache here). Lane owns dims [d0, d0 + 8) of every head; the two half-warps take alternate keys, each with its
-// own online softmax, combined at the end. The unit writes its partial; the merge phase combines them.
-__device__ __forceinline__ void attention_unit(const Step& st, int l, int u, int S, const unsigned char* slot,
-                                               uint64_t* empty, int lane) {
+// Attention unit u = (split c, KV head h) of layer l, one warp: keys [k0, k0 + unit_keys) in the unit's ring slots
+// from stream place `at` on, kFusedSlotKeys keys each, whose K rows (then V rows) the producer copied (all but
+// the new key, which comes from the qkv buffer and is stored to the cache here). The consumer warp that handed
+// the unit over waited for its first slot; this warp waits for the others and frees each once read. Lane owns
+// dims [d0, d0 + 8) of every head; the two half-warps take alternate keys, each with its own online softmax,
+// combined at the end. The unit writes its partial; the merge phase combines them.
+__device__ __forceinline__ void attention_unit(const Step& st, int l, int u, unsigned at, const unsigned char* ring,
+                                               uint64_t* full, uint64_t* empty, int lane) {
   const FusedDecodeArgs& a = st.a;
   const int G = st.group;
   float* part_o = st.part_o;
   float* part_ml = st.part_ml;
   const int h = u % a.hkv, c = u / a.hkv;
-  const int64_t seq = a.seq_lens[0], pos = a.positions[0];
-  const int k0 = c * kFusedSplitKeys, nk = static_cast<int>(seq - k0 < kFusedSplitKeys ? seq - k0 : kFusedSplitKeys);
-  const int newest = static_cast<int>(seq - 1 - k0);  // the new key's index in the unit (>= nk: not here)
+  const int64_t pos = a.positions[0];
+  const int k0 = st.unit_key0(u), nkeys = st.unit_keys(u);
+  const int newest = static_cast<int>(a.seq_lens[0] - 1 - k0);  // the new key's index in the unit (>= nkeys: not here)
   const bf16* qkv = st.qkv + static_cast<size_t>(l) * st.nqkv;
   const float* cs = a.cos_sin + pos * D;
   const int d0 = 8 * (lane & 15), half = lane >> 4;
@@ -509,14 +526,14 @@ __device__ __forceinline__ void attention_unit(const Step& st, int l, int u, int
     for (int e = 0; e < 8; ++e) q[g][e] *= qscale;
   }
   uint4 knew = make_uint4(0, 0, 0, 0), vnew = knew;
-  if (newest < nk) {  // this unit holds the new key: rotate its k, and store k and v for later steps
+  if (newest < nkeys) {  // this unit holds the new key: rotate its k, and store k and v for later steps
     float k8[8];
     rope8(qkv + static_cast<size_t>(a.hq + h) * D, d0, cs, a.neox, k8);
     knew = pack8(k8);
     vnew = __ldcg(reinterpret_cast<const uint4*>(qkv + static_cast<size_t>(a.hq + a.hkv + h) * D + d0));
-    const int64_t at = a.out_cache_loc[0] * a.hkv * D + h * D + d0;
-    if (half == 0) *reinterpret_cast<uint4*>(static_cast<bf16*>(a.layers[l].k_cache) + at) = knew;
-    if (half == 1) *reinterpret_cast<uint4*>(static_cast<bf16*>(a.layers[l].v_cache) + at) = vnew;
+    const int64_t dst = a.out_cache_loc[0] * a.hkv * D + h * D + d0;
+    if (half == 0) *reinterpret_cast<uint4*>(static_cast<bf16*>(a.layers[l].k_cache) + dst) = knew;
+    if (half == 1) *reinterpret_cast<uint4*>(static_cast<bf16*>(a.layers[l].v_cache) + dst) = vnew;
   }
 
   float m[kFusedMaxGroup], sum[kFusedMaxGroup], o[kFusedMaxGroup][8];
@@ -527,48 +544,60 @@ __device__ __forceinline__ void attention_unit(const Step& st, int l, int u, int
 #pragma unroll
     for (int e = 0; e < 8; ++e) o[g][e] = 0.f;
   }
-  const uint4* ks = reinterpret_cast<const uint4*>(slot);                          // [32 keys][16 vectors]
-  const uint4* vs = reinterpret_cast<const uint4*>(slot + kFusedSplitKeys * D * 2);  // the same for V
-  constexpr int kHalfKeys = kFusedSplitKeys / 2;  // keys 2v + half, v < kHalfKeys, for this lane's half-warp
-  // All scores first (independent dot products and shuffle trees, so they pipeline), then one softmax step.
-  float sc[kHalfKeys][kFusedMaxGroup];
+  constexpr int kHalfKeys = kFusedSlotKeys / 2;  // keys 2v + half, v < kHalfKeys, for this lane's half-warp
+  for (int base = 0, i = 0; base < nkeys; base += kFusedSlotKeys, ++i) {
+    const unsigned s = (at + i) % kStages;
+    if (i > 0) mbar_wait(&full[s], ((at + i) / kStages) & 1);
+    const uint4* ks = reinterpret_cast<const uint4*>(ring + s * kSlotBytes);  // [32 keys][16 vectors]
+    const uint4* vs = ks + kFusedSlotKeys * (D / 8);                          // the same for V
+    const int nk = min(nkeys - base, kFusedSlotKeys), nw = newest - base;    // this slot's keys, new key's index
+    // The slot's scores first (independent dot products and shuffle trees, so they pipeline), then one online
+    // softmax step.
+    float sc[kHalfKeys][kFusedMaxGroup];
 #pragma unroll
-  for (int v = 0; v < kHalfKeys; ++v) {
-    const int j = 2 * v + half;
-    const uint4 kk = j == newest ? knew : ks[j * (D / 8) + (lane & 15)];
+    for (int v = 0; v < kHalfKeys; ++v) {
+      const int j = 2 * v + half;
+      const uint4 kk = j == nw ? knew : ks[j * (D / 8) + (lane & 15)];
 #pragma unroll
-    for (int g = 0; g < kFusedMaxGroup; ++g) sc[v][g] = g < G ? dot8(kk, q[g]) : 0.f;
-  }
+      for (int g = 0; g < kFusedMaxGroup; ++g) sc[v][g] = g < G ? dot8(kk, q[g]) : 0.f;
+    }
 #pragma unroll
-  for (int off = 8; off > 0; off >>= 1)
+    for (int off = 8; off > 0; off >>= 1)
 #pragma unroll
-    for (int v = 0; v < kHalfKeys; ++v)
+      for (int v = 0; v < kHalfKeys; ++v)
 #pragma unroll
-      for (int g = 0; g < kFusedMaxGroup; ++g) sc[v][g] += __shfl_xor_sync(0xffffffffu, sc[v][g], off);
-#pragma unroll
-  for (int g = 0; g < kFusedMaxGroup; ++g) {
-    m[g] = -INFINITY;
-#pragma unroll
-    for (int v = 0; v < kHalfKeys; ++v)
-      if (2 * v + half < nk) m[g] = fmaxf(m[g], sc[v][g]);
-  }
-#pragma unroll
-  for (int v = 0; v < kHalfKeys; ++v) {
-    const int j = 2 * v + half;
-    if (j >= nk) break;
-    float vf[8];
-    unpack8(j == newest ? vnew : vs[j * (D / 8) + (lane & 15)], vf);
+        for (int g = 0; g < kFusedMaxGroup; ++g) sc[v][g] += __shfl_xor_sync(0xffffffffu, sc[v][g], off);
 #pragma unroll
     for (int g = 0; g < kFusedMaxGroup; ++g) {
-      if (g >= G) break;
-      const float p = exp2f(sc[v][g] - m[g]);
-      sum[g] += p;
+      float mx = m[g];
 #pragma unroll
-      for (int e = 0; e < 8; ++e) o[g][e] = fmaf(p, vf[e], o[g][e]);
+      for (int v = 0; v < kHalfKeys; ++v)
+        if (2 * v + half < nk) mx = fmaxf(mx, sc[v][g]);
+      // A half-warp with no key yet (mx still -inf) has nothing to rescale.
+      const float alpha = mx == -INFINITY ? 1.f : exp2f(m[g] - mx);
+      sum[g] *= alpha;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) o[g][e] *= alpha;
+      m[g] = mx;
     }
+#pragma unroll
+    for (int v = 0; v < kHalfKeys; ++v) {
+      const int j = 2 * v + half;
+      if (j >= nk) break;
+      float vf[8];
+      unpack8(j == nw ? vnew : vs[j * (D / 8) + (lane & 15)], vf);
+#pragma unroll
+      for (int g = 0; g < kFusedMaxGroup; ++g) {
+        if (g >= G) break;
+        const float p = exp2f(sc[v][g] - m[g]);
+        sum[g] += p;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) o[g][e] = fmaf(p, vf[e], o[g][e]);
+      }
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&empty[s]);  // the slot's K/V are read
   }
-  __syncwarp();
-  if (lane == 0) mbar_arrive(empty);  // the slot's K/V are read
   // Combine the two half-warps.
 #pragma unroll
   for (int g = 0; g < kFusedMaxGroup; ++g) {
@@ -645,7 +674,6 @@ __global__ void __launch_bounds__(kThreads, 1) fused_decode_kernel(const __grid_
   extern __shared__ __align__(1024) unsigned char smem[];
   const Step st(args);
   const FusedDecodeArgs& a = args;
-  const int splits = st.splits();
   const int max_k = max(max(a.hidden, a.inter), st.qd);
   unsigned char* ring = smem;
   bf16* xs = reinterpret_cast<bf16*>(smem + kStages * kSlotBytes);
@@ -673,17 +701,21 @@ __global__ void __launch_bounds__(kThreads, 1) fused_decode_kernel(const __grid_
       Mail* m = mail + (n - 1) % kStages;
       while (m->seq != n) __nanosleep(32);
       __threadfence_block();
-      const int ph = m->phase, u = m->unit, s = m->slot;
+      const int ph = m->phase, u = m->unit;
+      const unsigned at = m->at;
       if (ph == st.nphase) return;
       if (st.kind(ph) == kMerge) {
         __syncwarp();
-        if (lane == 0) mbar_arrive(&empty[s]);  // a metadata-only slot
-        if (!(a.skip & 32)) merge_unit(st, st.layer(ph), u, splits, lane);
-      } else if (a.skip & 64) {  // timing only: the slot back at once, no attention math
-        __syncwarp();
-        if (lane == 0) mbar_arrive(&empty[s]);
+        if (lane == 0) mbar_arrive(&empty[at % kStages]);  // a metadata-only slot
+        if (!(a.skip & 32)) merge_unit(st, st.layer(ph), u, st.splits, lane);
+      } else if (a.skip & 64) {  // timing only: the slots back as they fill, no attention math
+        for (int i = 0; i < st.unit_slot_count(u); ++i) {
+          if (i > 0) mbar_wait(&full[(at + i) % kStages], ((at + i) / kStages) & 1);
+          __syncwarp();
+          if (lane == 0) mbar_arrive(&empty[(at + i) % kStages]);
+        }
       } else {
-        attention_unit(st, st.layer(ph), u, splits, ring + s * kSlotBytes, &empty[s], lane);
+        attention_unit(st, st.layer(ph), u, at, ring, full, empty, lane);
       }
       __syncwarp();
       if (lane == 0) {
@@ -716,7 +748,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_decode_kernel(const __grid_
       }
       if (ph == st.nphase) break;
       taken = 0;
-      const int kind = st.kind(ph), l = st.layer(ph), units = st.units(ph, splits);
+      const int kind = st.kind(ph), l = st.layer(ph), units = st.units(ph);
       // Attention units are latency, not bytes: a block takes at most its even share, so a producer that
       // reaches the phase early does not queue several behind one another on its own warps.
       const int cap = kind == kAttn || kind == kMerge ? (units + gridDim.x - 1) / gridDim.x : units;
@@ -725,44 +757,47 @@ __global__ void __launch_bounds__(kThreads, 1) fused_decode_kernel(const __grid_
         if (lane == 0) got = atomicAdd(st.ctr + ph, 1u);
         const int u = static_cast<int>(__shfl_sync(0xffffffffu, got, 0));
         if (u >= units) break;
-        const unsigned s = next_slot();
-        unsigned char* dst = ring + s * kSlotBytes;
+        const unsigned first = next_slot();
         if (kind == kMerge) {  // metadata only: partials are read by the merging warp itself
           if (lane == 0) {
-            meta[s] = {ph, u, 0, 0};
-            mbar_arrive(&full[s]);
+            meta[first] = {ph, u, 0, 0};
+            mbar_arrive(&full[first]);
           }
           continue;
         }
-        if (kind == kAttn) {
-          // Key k0 + lane's K and V rows of head h, except the new key (its K/V are written during this step).
-          const int h = u % a.hkv, k0 = (u / a.hkv) * kFusedSplitKeys;
-          const int64_t left = seq - 1 - k0;
-          const int nk = static_cast<int>(left < 0 ? 0 : left > kFusedSplitKeys ? kFusedSplitKeys : left);
-          const int64_t slot_id = lane < nk ? __ldcg(table + k0 + lane) : 0;
-          if (lane == 0) {
-            meta[s] = {ph, u, 0, 0};
-            if (nk > 0)
-              mbar_expect_tx(&full[s], static_cast<uint32_t>(nk * D * 4));
-            else
-              mbar_arrive(&full[s]);
-          }
-          __syncwarp();
-          if (lane < nk) {
-            const int64_t row = (slot_id * a.hkv + h) * D;
-            const FusedLayer& L = a.layers[l];
-            bulk_load(dst + lane * D * 2, static_cast<const bf16*>(L.k_cache) + row, D * 2, &full[s], policy);
-            bulk_load(dst + kFusedSplitKeys * D * 2 + lane * D * 2, static_cast<const bf16*>(L.v_cache) + row, D * 2,
-                      &full[s], policy);
+        if (kind == kAttn) {  // the unit's slots: keys k0 + lane of each, K then V rows, all but the new key
+          const int h = u % a.hkv, k0 = st.unit_key0(u), nkeys = st.unit_keys(u);
+          for (int base = 0, i = 0; base < nkeys; base += kFusedSlotKeys, ++i) {
+            const unsigned s = i == 0 ? first : next_slot();
+            unsigned char* dst = ring + s * kSlotBytes;
+            const int64_t left = seq - 1 - (k0 + base);
+            const int nk = static_cast<int>(left < 0 ? 0 : left > kFusedSlotKeys ? kFusedSlotKeys : left);
+            const int64_t slot_id = lane < nk ? __ldcg(table + k0 + base + lane) : 0;
+            if (lane == 0) {
+              meta[s] = {ph, u, 0, i};
+              if (nk > 0)
+                mbar_expect_tx(&full[s], static_cast<uint32_t>(nk * D * 4));
+              else
+                mbar_arrive(&full[s]);
+            }
+            __syncwarp();
+            if (lane < nk) {
+              const int64_t row = (slot_id * a.hkv + h) * D;
+              const FusedLayer& L = a.layers[l];
+              bulk_load(dst + lane * D * 2, static_cast<const bf16*>(L.k_cache) + row, D * 2, &full[s], policy);
+              bulk_load(dst + (kFusedSlotKeys + lane) * D * 2, static_cast<const bf16*>(L.v_cache) + row, D * 2,
+                        &full[s], policy);
+            }
           }
           continue;
         }
         if (lane != 0) continue;
-        meta[s] = {ph, u, 0, 0};
+        meta[first] = {ph, u, 0, 0};
         const Copy cp = unit_copy(st, kind, l, u);
-        mbar_expect_tx(&full[s], cp.src1 != nullptr ? 2 * cp.bytes : cp.bytes);
-        bulk_load(dst, cp.src0, cp.bytes, &full[s], policy);
-        if (cp.src1 != nullptr) bulk_load(dst + cp.bytes, cp.src1, cp.bytes, &full[s], policy);
+        mbar_expect_tx(&full[first], cp.src1 != nullptr ? 2 * cp.bytes : cp.bytes);
+        unsigned char* dst = ring + first * kSlotBytes;
+        bulk_load(dst, cp.src0, cp.bytes, &full[first], policy);
+        if (cp.src1 != nullptr) bulk_load(dst + cp.bytes, cp.src1, cp.bytes, &full[first], policy);
       }
     }
     return;
@@ -789,7 +824,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_decode_kernel(const __grid_
         const bool self_counted = (prev_kind == kAttn || prev_kind == kMerge) && !(a.skip & 2);
         atomicAdd(d, static_cast<unsigned>((self_counted ? 0 : mt.count) + 1));
         if (mt.phase < st.nphase && !(a.skip & 1)) {
-          const unsigned target = static_cast<unsigned>(st.units(mt.phase - 1, splits)) + gridDim.x;
+          const unsigned target = static_cast<unsigned>(st.units(mt.phase - 1)) + gridDim.x;
           while (load_acquire(d) < target) {
           }
         }
@@ -805,12 +840,12 @@ __global__ void __launch_bounds__(kThreads, 1) fused_decode_kernel(const __grid_
       if (!(a.skip & 8)) load_input(st, mt.phase, xs, red);
       continue;
     }
-    if (kind == kAttn || kind == kMerge) {  // to the attention warps, which free the slot once read
+    if (kind == kAttn || kind == kMerge) {  // to the attention warps, which free the unit's slots once read
       if (lane == 0) {
         if (a.skip & 2)
           mbar_arrive(&empty[s]);
-        else
-          post(mail, mail_head, layer * kPhasesPerLayer + kind, mt.unit, static_cast<int>(s));
+        else if (mt.part == 0)  // a unit's later slots are the attention warp's to wait for
+          post(mail, mail_head, layer * kPhasesPerLayer + kind, mt.unit, j);
       }
       __syncwarp();
       continue;

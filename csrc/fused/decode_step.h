@@ -12,9 +12,12 @@ namespace lite_srt {
 
 constexpr int kFusedHeadDim = 128;  // head_dim the kernel is built for
 constexpr int kFusedMaxGroup = 4;   // query heads per KV head, at most
-constexpr int kFusedSplitKeys = 32;  // keys per attention unit: their K and V rows fill one 16 KB ring slot
+constexpr int kFusedSlotKeys = 32;   // keys whose K and V rows fill one 16 KB ring slot
 constexpr int kFusedMaxSplits = 64;  // attention units per KV head, at most (one partial each)
-constexpr int kFusedMaxKeys = kFusedSplitKeys * kFusedMaxSplits;  // longer contexts take the unfused step
+constexpr int kFusedMaxKeys = kFusedSlotKeys * kFusedMaxSplits;  // longer contexts take the unfused step
+// Ring slots one attention unit may span, at most (default; FusedDecodeArgs::unit_slots). Longer units mean
+// fewer of them: one per block where the KV heads allow, instead of several back to back on its attention warp.
+constexpr int kFusedUnitSlots = 4;
 
 // One layer's device pointers; the kernel reads a [num_layers] array of these. Everything is bfloat16.
 struct FusedLayer {
@@ -55,6 +58,7 @@ struct FusedDecodeArgs {
   // return at once, 4 no epilogue loads (residual, bias), 8 no input loads, 16 weight units skip the math,
   // 32 no split merge, 64 the attention warp frees its slots and counts its units without any work.
   int skip;
+  int unit_slots;  // 1..kFusedUnitSlots: ring slots per attention unit, at most (the binding's default: all)
 };
 
 // nullptr when the shapes fit the kernel, else why they do not.

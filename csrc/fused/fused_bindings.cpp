@@ -114,6 +114,9 @@ void run(at::Tensor logits, at::Tensor layers, at::Tensor embed, at::Tensor fina
   a.counters = reinterpret_cast<unsigned*>(counters.data_ptr<int32_t>());
   const char* skip = std::getenv("LITE_SRT_FUSED_SKIP");  // timing-only cuts (decode_step.h)
   a.skip = skip != nullptr ? std::atoi(skip) : 0;
+  // Benchmarks and tests only: fewer ring slots per attention unit (more, shorter units) than the default.
+  const char* slots = std::getenv("LITE_SRT_FUSED_UNIT_SLOTS");
+  a.unit_slots = slots != nullptr ? std::atoi(slots) : kFusedUnitSlots;
   const c10::cuda::CUDAGuard guard(embed.device());
   const cudaError_t err = launch_fused_decode(a, c10::cuda::getCurrentCUDAStream(embed.get_device()).stream());
   TORCH_CHECK(err == cudaSuccess, kOp, ": launch failed: ", cudaGetErrorString(err));
