@@ -24,12 +24,12 @@
 //    attention warp through a shared-memory mailbox. That warp rotates its heads' q (RoPE), keeps one online
 //    softmax per half-warp across the slots, writes the new key's rotated k and its v to the cache, and counts
 //    each finished unit into the phase barrier itself. (As one-slot units, 2-3 ran back to back per block at
-//    1-2k keys, each paying its q loads and partial stores: 0.2-0.5 ms more per step on an H100.) Units write partials (unnormalized o, max,
-//    sum); the merge phase's units (one per query head, also on the attention warps) combine them. As one
-//    last-finisher merge per KV head the merge cost 0.58 ms per step, as a phase 0.11 (H100, 1k keys). With
-//    attention in its own warp, the weight units' registers do not add to its (in one loop they spilled, and
-//    the weight math cost 1.2 ms more per step). A second attention warp would cost every warp registers: nine
-//    warps allocate as twelve, 168 registers each.
+//    1-2k keys, each paying its q loads and partial stores: 0.2-0.5 ms more per step on an H100.) Units write
+//    partials (unnormalized o, max, sum); the merge phase's units (one per query head, also on the attention
+//    warps) combine them. As one last-finisher merge per KV head the merge cost 0.58 ms per step, as a phase
+//    0.11 (H100, 1k keys). With attention in its own warp, the weight units' registers do not add to its (in one
+//    loop they spilled, and the weight math cost 1.2 ms more per step). A second attention warp would cost every
+//    warp registers: nine warps allocate as twelve, 168 registers each.
 //
 // Numerics follow the unfused path: activations are rounded to bf16 where its kernels store bf16 (norm
 // outputs, linear outputs, silu * up, the residual stream, rotated q/k), sums are fp32.
@@ -204,7 +204,7 @@ struct SlotMeta {
   int phase;
   int unit;   // < 0: a phase marker
   int count;  // marker: units of phase - 1 this block took
-  int part;   // an attention unit's slots: 0, 1, ... (the first one is handed over, the attention warp waits for the rest)
+  int part;   // an attention unit's slots: 0, 1, ... (the first is handed over; the attention warp waits for the rest)
 };
 
 // An attention unit handed from the consumer warp that received its first slot to the block's attention warp.
@@ -274,7 +274,6 @@ struct Step {
     const int64_t left = a.seq_lens[0] - unit_key0(u);
     return static_cast<int>(left < unit_slots * kFusedSlotKeys ? left : unit_slots * kFusedSlotKeys);
   }
-  __device__ int unit_slot_count(int u) const { return (unit_keys(u) + kFusedSlotKeys - 1) / kFusedSlotKeys; }
 
   __device__ int units(int ph) const {
     switch (kind(ph)) {
@@ -709,7 +708,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_decode_kernel(const __grid_
         if (lane == 0) mbar_arrive(&empty[at % kStages]);  // a metadata-only slot
         if (!(a.skip & 32)) merge_unit(st, st.layer(ph), u, st.splits, lane);
       } else if (a.skip & 64) {  // timing only: the slots back as they fill, no attention math
-        for (int i = 0; i < st.unit_slot_count(u); ++i) {
+        for (int base = 0, i = 0; base < st.unit_keys(u); base += kFusedSlotKeys, ++i) {
           if (i > 0) mbar_wait(&full[(at + i) % kStages], ((at + i) / kStages) & 1);
           __syncwarp();
           if (lane == 0) mbar_arrive(&empty[(at + i) % kStages]);
