@@ -20,16 +20,17 @@
 //    input for that phase, so buffers can be reused in place.
 //  - Attention units are (KV head, key range) pairs, one per block where the KV heads allow, of up to 4 slots
 //    of 32 keys. The whole producer warp copies each slot's K and V rows (one row per lane, through the
-//    request's token table). The consumer warp that receives a unit's first slot hands the unit to the block's
-//    attention warp through a shared-memory mailbox. That warp rotates its heads' q (RoPE), keeps one online
-//    softmax per half-warp across the slots, writes the new key's rotated k and its v to the cache, and counts
-//    each finished unit into the phase barrier itself. (As one-slot units, 2-3 ran back to back per block at
-//    1-2k keys, each paying its q loads and partial stores: 0.2-0.5 ms more per step on an H100.) Units write
-//    partials (unnormalized o, max, sum); the merge phase's units (one per query head, also on the attention
-//    warps) combine them. As one last-finisher merge per KV head the merge cost 0.58 ms per step, as a phase
-//    0.11 (H100, 1k keys). With attention in its own warp, the weight units' registers do not add to its (in one
-//    loop they spilled, and the weight math cost 1.2 ms more per step). A second attention warp would cost every
-//    warp registers: nine warps allocate as twelve, 168 registers each.
+//    request's token table, rotated for conflict-free ldmatrix: rot_off). The consumer warp that receives a
+//    unit's first slot hands the unit to the block's attention warp through a shared-memory mailbox. That warp
+//    runs the unit on the tensor cores (mma.sync: the query heads sharing the KV head are the rows, the online
+//    softmax stays in the accumulator layout), writes the new key's rotated k and its v to the cache, and
+//    counts each finished unit into the phase barrier itself. (As scalar code the unit's math cost 0.55 ms per
+//    step at 1k keys on an H100; on the tensor cores 0.03.) Units write partials (unnormalized o, max, sum);
+//    the merge phase's units (one per query head, also on the attention warps) combine them. As one
+//    last-finisher merge per KV head the merge cost 0.58 ms per step, as a phase 0.11 (H100, 1k keys). With
+//    attention in its own warp, the weight units' registers do not add to its (in one loop they spilled, and the
+//    weight math cost 1.2 ms more per step). A second attention warp would cost every warp registers: nine
+//    warps allocate as twelve, 168 registers each.
 //
 // Numerics follow the unfused path: activations are rounded to bf16 where its kernels store bf16 (norm
 // outputs, linear outputs, silu * up, the residual stream, rotated q/k), sums are fp32.
@@ -495,130 +496,173 @@ __device__ void rope8(const bf16* head, int d0, const float* cs, bool neox, floa
   }
 }
 
-// Attention unit u = (split c, KV head h) of layer l, one warp: keys [k0, k0 + unit_keys) in the unit's ring slots
-// from stream place `at` on, kFusedSlotKeys keys each, whose K rows (then V rows) the producer copied (all but
-// the new key, which comes from the qkv buffer and is stored to the cache here). The consumer warp that handed
-// the unit over waited for its first slot; this warp waits for the others and frees each once read. Lane owns
-// dims [d0, d0 + 8) of every head; the two half-warps take alternate keys, each with its own online softmax,
-// combined at the end. The unit writes its partial; the merge phase combines them.
-__device__ __forceinline__ void attention_unit(const Step& st, int l, int u, unsigned at, const unsigned char* ring,
+// A slot's K (then V) rows, rotated: 16-byte chunk c of row r sits at chunk (c + r % 8) % 16 of the row. The
+// producer's two bulk copies per row do the rotation; with it the 8 rows of an ldmatrix fall into 8 different
+// 16-byte bank groups (unrotated, 256-byte rows put all 8 in one: 8-way conflicts), and a slot keeps its 32
+// keys (padding rows by 16 bytes would not fit 32 in 16 KB).
+__device__ __forceinline__ int rot_off(int row, int chunk) {
+  return row * (D * 2) + (((chunk + (row & 7)) & 15) << 4);
+}
+
+// The rotated query heads of unit head h as mma.sync A fragments (attn_mma.cuh layout): row g < G of the 16 is
+// query head h * G + g, the others zeros. A lane's columns kk * 16 + 2 tig + {0, 1, 8, 9} hold both members of
+// each RoPE pair (adjacent columns, or columns c and c + D / 2 in fragments kk and kk + 4), so every lane rotates
+// its own values, rounded to bf16 as the RoPE kernel stores them.
+__device__ __forceinline__ void rope_q_frags(uint32_t (&qa)[D / 16][4], const bf16* q, const float* cs, bool neox,
+                                             bool valid, int tig) {
+  constexpr int half = D / 2;
+  float x[D / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+    for (int p = 0; p < 2; ++p) {
+      const int c = kk * 16 + 2 * tig + 8 * p;
+      const __nv_bfloat162 v =
+          valid ? __ldcg(reinterpret_cast<const __nv_bfloat162*>(q + c)) : __floats2bfloat162_rn(0.f, 0.f);
+      x[kk][2 * p] = __low2float(v);
+      x[kk][2 * p + 1] = __high2float(v);
+    }
+  }
+  float y[D / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int c = kk * 16 + 2 * tig + 8 * (e >> 1) + (e & 1);
+      if (neox) {  // pairs (c, c + half): the partner sits in fragment kk +- 4, same slot
+        const int i = c & (half - 1);
+        const float cv = __ldg(cs + i), sv = __ldg(cs + half + i);
+        y[kk][e] = kk < D / 32 ? x[kk][e] * cv - x[kk + D / 32][e] * sv : x[kk][e] * cv + x[kk - D / 32][e] * sv;
+      } else {  // pairs (2i, 2i + 1): the partner is the neighbouring value
+        const int i = c >> 1;
+        const float cv = __ldg(cs + i), sv = __ldg(cs + half + i);
+        y[kk][e] = (e & 1) ? x[kk][e] * cv + x[kk][e - 1] * sv : x[kk][e] * cv - x[kk][e + 1] * sv;
+      }
+    }
+  }
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    qa[kk][0] = attn::pack2<bf16>(y[kk][0], y[kk][1]);
+    qa[kk][1] = 0u;  // rows 8-15
+    qa[kk][2] = attn::pack2<bf16>(y[kk][2], y[kk][3]);
+    qa[kk][3] = 0u;
+  }
+}
+
+// S[16 x 32] = Q K^T over one slot's K rows. ldmatrix.x4 matrices: (keys 0-7, dims lo), (keys 0-7, dims hi),
+// (keys 8-15, lo), (keys 8-15, hi) of each 16-key pair of tiles.
+__device__ __forceinline__ void slot_qk(float (&s)[kFusedSlotKeys / 8][4], const uint32_t (&qa)[D / 16][4],
+                                        const unsigned char* ks, int lane) {
+  const int r = (lane & 7) + (lane >> 4) * 8, hi = (lane >> 3) & 1;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+    for (int np = 0; np < kFusedSlotKeys / 16; ++np) {
+      uint32_t b[4];
+      attn::ldmatrix_x4(b, ks + rot_off(np * 16 + r, 2 * kk + hi));
+      attn::mma_16816<bf16>(s[2 * np], qa[kk], b[0], b[1]);
+      attn::mma_16816<bf16>(s[2 * np + 1], qa[kk], b[2], b[3]);
+    }
+  }
+}
+
+// O[16 x D] += P V over one slot's V rows (P: the probabilities in accumulator layout, fed back as bf16 A
+// fragments). ldmatrix.x4.trans matrices: (keys 0-7, dims lo), (keys 8-15, lo), (keys 0-7, hi), (keys 8-15, hi).
+__device__ __forceinline__ void slot_pv(float (&o)[D / 8][4], const float (&p)[kFusedSlotKeys / 8][4],
+                                        const unsigned char* vs, int lane) {
+  const int r = (lane & 7) + ((lane >> 3) & 1) * 8, hi = lane >> 4;
+#pragma unroll
+  for (int kk = 0; kk < kFusedSlotKeys / 16; ++kk) {
+    uint32_t pa[4];
+    pa[0] = attn::pack2<bf16>(p[2 * kk][0], p[2 * kk][1]);
+    pa[1] = attn::pack2<bf16>(p[2 * kk][2], p[2 * kk][3]);
+    pa[2] = attn::pack2<bf16>(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+    pa[3] = attn::pack2<bf16>(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+#pragma unroll
+    for (int np = 0; np < D / 16; ++np) {
+      uint32_t b[4];
+      attn::ldmatrix_x4_trans(b, vs + rot_off(kk * 16 + r, 2 * np + hi));
+      attn::mma_16816<bf16>(o[2 * np], pa, b[0], b[1]);
+      attn::mma_16816<bf16>(o[2 * np + 1], pa, b[2], b[3]);
+    }
+  }
+}
+
+// Attention unit u = (split c, KV head h) of layer l, one warp on the tensor cores: keys [k0, k0 + unit_keys) in
+// the unit's ring slots from stream place `at` on, kFusedSlotKeys keys each, whose K rows (then V rows) the
+// producer copied, rotated (rot_off), all but the new key: this warp rotates that one's k, stores k and v to the
+// cache, and writes both into its slot row. The consumer warp that handed the unit over waited for its first
+// slot; this warp waits for the others and frees each once read. Per slot: S = Q K^T (mma.sync, the G query heads
+// as rows of 16), one online-softmax step in the accumulator layout (attn_mma.cuh), O += P V. The unit writes its
+// partial (unnormalized o, max and sum per head, log2 units); the merge phase combines them.
+__device__ __forceinline__ void attention_unit(const Step& st, int l, int u, unsigned at, unsigned char* ring,
                                                uint64_t* full, uint64_t* empty, int lane) {
   const FusedDecodeArgs& a = st.a;
   const int G = st.group;
-  float* part_o = st.part_o;
-  float* part_ml = st.part_ml;
   const int h = u % a.hkv, c = u / a.hkv;
   const int64_t pos = a.positions[0];
   const int k0 = st.unit_key0(u), nkeys = st.unit_keys(u);
   const int newest = static_cast<int>(a.seq_lens[0] - 1 - k0);  // the new key's index in the unit (>= nkeys: not here)
   const bf16* qkv = st.qkv + static_cast<size_t>(l) * st.nqkv;
   const float* cs = a.cos_sin + pos * D;
-  const int d0 = 8 * (lane & 15), half = lane >> 4;
+  const int g = lane >> 2, tig = lane & 3, half = lane >> 4;
+  const float scale = a.scale * kLog2e;  // raw scores to log2 units
 
-  float q[kFusedMaxGroup][8];
-  const float qscale = a.scale * kLog2e;  // scores in log2 units
-#pragma unroll
-  for (int g = 0; g < kFusedMaxGroup; ++g) {
-    if (g >= G) break;
-    rope8(qkv + static_cast<size_t>(h * G + g) * D, d0, cs, a.neox, q[g]);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) q[g][e] *= qscale;
-  }
-  uint4 knew = make_uint4(0, 0, 0, 0), vnew = knew;
-  if (newest < nkeys) {  // this unit holds the new key: rotate its k, and store k and v for later steps
-    float k8[8];
-    rope8(qkv + static_cast<size_t>(a.hq + h) * D, d0, cs, a.neox, k8);
-    knew = pack8(k8);
-    vnew = __ldcg(reinterpret_cast<const uint4*>(qkv + static_cast<size_t>(a.hq + a.hkv + h) * D + d0));
+  uint32_t qa[D / 16][4];
+  rope_q_frags(qa, qkv + static_cast<size_t>(h * G + min(g, G - 1)) * D, cs, a.neox, g < G, tig);
+  uint4 kv_new = make_uint4(0, 0, 0, 0);  // lanes 0-15: the new key's rotated k at dims 8 (lane % 16); 16-31: its v
+  if (newest < nkeys) {
+    const int d0 = 8 * (lane & 15);
+    if (half == 0) {
+      float k8[8];
+      rope8(qkv + static_cast<size_t>(a.hq + h) * D, d0, cs, a.neox, k8);
+      kv_new = pack8(k8);
+    } else {
+      kv_new = __ldcg(reinterpret_cast<const uint4*>(qkv + static_cast<size_t>(a.hq + a.hkv + h) * D + d0));
+    }
     const int64_t dst = a.out_cache_loc[0] * a.hkv * D + h * D + d0;
-    if (half == 0) *reinterpret_cast<uint4*>(static_cast<bf16*>(a.layers[l].k_cache) + dst) = knew;
-    if (half == 1) *reinterpret_cast<uint4*>(static_cast<bf16*>(a.layers[l].v_cache) + dst) = vnew;
+    *reinterpret_cast<uint4*>(static_cast<bf16*>(half == 0 ? a.layers[l].k_cache : a.layers[l].v_cache) + dst) =
+        kv_new;
   }
 
-  float m[kFusedMaxGroup], sum[kFusedMaxGroup], o[kFusedMaxGroup][8];
+  attn::RowState rs;
+  float o[D / 8][4];
 #pragma unroll
-  for (int g = 0; g < kFusedMaxGroup; ++g) {
-    m[g] = -INFINITY;
-    sum[g] = 0.f;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) o[g][e] = 0.f;
-  }
-  constexpr int kHalfKeys = kFusedSlotKeys / 2;  // keys 2v + half, v < kHalfKeys, for this lane's half-warp
+  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
   for (int base = 0, i = 0; base < nkeys; base += kFusedSlotKeys, ++i) {
     const unsigned s = (at + i) % kStages;
     if (i > 0) mbar_wait(&full[s], ((at + i) / kStages) & 1);
-    const uint4* ks = reinterpret_cast<const uint4*>(ring + s * kSlotBytes);  // [32 keys][16 vectors]
-    const uint4* vs = ks + kFusedSlotKeys * (D / 8);                          // the same for V
-    const int nk = min(nkeys - base, kFusedSlotKeys), nw = newest - base;    // this slot's keys, new key's index
-    // The slot's scores first (independent dot products and shuffle trees, so they pipeline), then one online
-    // softmax step.
-    float sc[kHalfKeys][kFusedMaxGroup];
+    unsigned char* ks = ring + s * kSlotBytes;
+    unsigned char* vs = ks + kFusedSlotKeys * D * 2;
+    const int nk = min(nkeys - base, kFusedSlotKeys), nw = newest - base;  // this slot's keys, new key's row
+    if (nw >= 0 && nw < kFusedSlotKeys)
+      *reinterpret_cast<uint4*>((half == 0 ? ks : vs) + rot_off(nw, lane & 15)) = kv_new;
+    // V rows past the last key must be zeros: P = 0 times whatever the slot held (NaN bits included) is not 0.
+    for (int r = nk + half; r < kFusedSlotKeys; r += 2)
+      *reinterpret_cast<uint4*>(vs + rot_off(r, lane & 15)) = make_uint4(0, 0, 0, 0);
+    __syncwarp();
+    float sc[kFusedSlotKeys / 8][4];
 #pragma unroll
-    for (int v = 0; v < kHalfKeys; ++v) {
-      const int j = 2 * v + half;
-      const uint4 kk = j == nw ? knew : ks[j * (D / 8) + (lane & 15)];
+    for (int n = 0; n < kFusedSlotKeys / 8; ++n) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.f;
+    slot_qk(sc, qa, ks, lane);
 #pragma unroll
-      for (int g = 0; g < kFusedMaxGroup; ++g) sc[v][g] = g < G ? dot8(kk, q[g]) : 0.f;
-    }
+    for (int n = 0; n < kFusedSlotKeys / 8; ++n)
 #pragma unroll
-    for (int off = 8; off > 0; off >>= 1)
-#pragma unroll
-      for (int v = 0; v < kHalfKeys; ++v)
-#pragma unroll
-        for (int g = 0; g < kFusedMaxGroup; ++g) sc[v][g] += __shfl_xor_sync(0xffffffffu, sc[v][g], off);
-#pragma unroll
-    for (int g = 0; g < kFusedMaxGroup; ++g) {
-      float mx = m[g];
-#pragma unroll
-      for (int v = 0; v < kHalfKeys; ++v)
-        if (2 * v + half < nk) mx = fmaxf(mx, sc[v][g]);
-      // A half-warp with no key yet (mx still -inf) has nothing to rescale.
-      const float alpha = mx == -INFINITY ? 1.f : exp2f(m[g] - mx);
-      sum[g] *= alpha;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) o[g][e] *= alpha;
-      m[g] = mx;
-    }
-#pragma unroll
-    for (int v = 0; v < kHalfKeys; ++v) {
-      const int j = 2 * v + half;
-      if (j >= nk) break;
-      float vf[8];
-      unpack8(j == nw ? vnew : vs[j * (D / 8) + (lane & 15)], vf);
-#pragma unroll
-      for (int g = 0; g < kFusedMaxGroup; ++g) {
-        if (g >= G) break;
-        const float p = exp2f(sc[v][g] - m[g]);
-        sum[g] += p;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) o[g][e] = fmaf(p, vf[e], o[g][e]);
-      }
-    }
+      for (int e = 0; e < 4; ++e)
+        if (n * 8 + 2 * tig + (e & 1) >= nk) sc[n][e] = -INFINITY;
+    attn::softmax_step<kFusedSlotKeys / 8, D / 8>(sc, o, rs, scale);
+    slot_pv(o, sc, vs, lane);
     __syncwarp();
     if (lane == 0) mbar_arrive(&empty[s]);  // the slot's K/V are read
   }
-  // Combine the two half-warps.
+  // The split's partial: row g's unnormalized o, max and sum (log2 units), from the lanes holding rows g < G.
+  const float sum = attn::quad_sum(rs.l0);
+  if (g < G) {
+    const size_t row = (static_cast<size_t>(h) * kFusedMaxSplits + c) * G + g;
+    float* po = st.part_o + row * D + 2 * tig;
 #pragma unroll
-  for (int g = 0; g < kFusedMaxGroup; ++g) {
-    if (g >= G) break;
-    const float mo = __shfl_xor_sync(0xffffffffu, m[g], 16), mx = fmaxf(m[g], mo);
-    const float as = mx == -INFINITY ? 0.f : exp2f(m[g] - mx), ao = mx == -INFINITY ? 0.f : exp2f(mo - mx);
-    sum[g] = sum[g] * as + __shfl_xor_sync(0xffffffffu, sum[g], 16) * ao;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) o[g][e] = o[g][e] * as + __shfl_xor_sync(0xffffffffu, o[g][e], 16) * ao;
-    m[g] = mx;
-  }
-  // The split's partial (unnormalized o, running max and sum per head); the merge phase combines them.
-  const size_t pbase = (static_cast<size_t>(h) * kFusedMaxSplits) * G;
-  if (half == 0) {
-#pragma unroll
-    for (int g = 0; g < kFusedMaxGroup; ++g) {
-      if (g >= G) break;
-      float4* po = reinterpret_cast<float4*>(part_o + ((pbase + static_cast<size_t>(c) * G + g) * D + d0));
-      __stcg(po, make_float4(o[g][0], o[g][1], o[g][2], o[g][3]));
-      __stcg(po + 1, make_float4(o[g][4], o[g][5], o[g][6], o[g][7]));
-      if (lane == 0) __stcg(reinterpret_cast<float2*>(part_ml) + pbase + c * G + g, make_float2(m[g], sum[g]));
-    }
+    for (int n = 0; n < D / 8; ++n) __stcg(reinterpret_cast<float2*>(po + 8 * n), make_float2(o[n][0], o[n][1]));
+    if (tig == 0) __stcg(reinterpret_cast<float2*>(st.part_ml) + row, make_float2(rs.m0 * scale, sum));
   }
 }
 
@@ -780,12 +824,18 @@ __global__ void __launch_bounds__(kThreads, 1) fused_decode_kernel(const __grid_
                 mbar_arrive(&full[s]);
             }
             __syncwarp();
-            if (lane < nk) {
+            if (lane < nk) {  // rows rotated by lane % 8 chunks (rot_off): the row's tail, then its head
               const int64_t row = (slot_id * a.hkv + h) * D;
               const FusedLayer& L = a.layers[l];
-              bulk_load(dst + lane * D * 2, static_cast<const bf16*>(L.k_cache) + row, D * 2, &full[s], policy);
-              bulk_load(dst + (kFusedSlotKeys + lane) * D * 2, static_cast<const bf16*>(L.v_cache) + row, D * 2,
-                        &full[s], policy);
+              const uint32_t rot = (lane & 7) * 16, bytes = D * 2;
+              const unsigned char* src[2] = {static_cast<const unsigned char*>(L.k_cache) + row * 2,
+                                             static_cast<const unsigned char*>(L.v_cache) + row * 2};
+#pragma unroll
+              for (int kv = 0; kv < 2; ++kv) {
+                unsigned char* d = dst + (kv * kFusedSlotKeys + lane) * bytes;
+                bulk_load(d + rot, src[kv], bytes - rot, &full[s], policy);
+                if (rot != 0) bulk_load(d, src[kv] + bytes - rot, rot, &full[s], policy);
+              }
             }
           }
           continue;
