@@ -14,6 +14,8 @@ import torch
 
 from lite_srt.engine import fused_decode
 from lite_srt.engine.forward_batch import DecodeKeys, ForwardBatch, ForwardMode
+from lite_srt.engine.sampler import SamplerRow, SamplingBatch
+from lite_srt.sampling_params import SamplingParams
 
 pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():
@@ -119,7 +121,8 @@ def _compare_steps(dummy_runner, name: str, n: int) -> None:
     runner = _runner(dummy_runner, CONFIGS[name], disable_cuda_graph=True)
     _randomize_norms(runner.model)
     assert fused_decode.unsupported_reason(runner.model, runner.pool, 1) is None
-    step = fused_decode.FusedDecodeStep(runner.model, runner.pool)
+    table = torch.full((8,), -1, dtype=torch.int64, device="cuda")
+    step = fused_decode.FusedDecodeStep(runner.model, runner.pool, table)
     fb = _decode_batch(runner, n, seed=n)
     slot = int(fb.out_cache_loc[0])
     with torch.inference_mode():
@@ -134,6 +137,12 @@ def _compare_steps(dummy_runner, name: str, n: int) -> None:
     _check(runner.pool.k_data[:, slot], ref_k, 0.02)
     _check(runner.pool.v_data[:, slot], ref_v, 0.02)
     torch.testing.assert_close(again, out, atol=1e-5, rtol=0)
+    # The kernel's greedy token is the argmax of its own logits (the first maximum, as torch's), also at the
+    # request's row of the token table (and nowhere else).
+    assert int(step.token) == int(again.argmax())
+    row = int(fb.req_pool_indices[0])
+    assert int(table[row]) == int(step.token)
+    assert (table[torch.arange(8, device="cuda") != row] == -1).all()
 
 
 def test_batch_one_graph_replays_the_fused_step(dummy_runner, monkeypatch):
@@ -151,6 +160,33 @@ def test_batch_one_graph_replays_the_fused_step(dummy_runner, monkeypatch):
         torch.cuda.synchronize()
         assert graphs.fused_replays - before == int(fused)  # past max_keys: the unfused graph
         _check(out, ref, 0.03)
+
+
+@pytest.mark.parametrize("logprobs", [False, True])
+def test_greedy_runner_step_takes_the_kernels_token(dummy_runner, monkeypatch, logprobs):
+    """Through ModelRunner.step: a plain greedy step returns the fused kernel's argmax and leaves it in the
+    next-token table; a step that wants logprobs samples the logits instead, to the same token."""
+    monkeypatch.setattr(fused_decode, "_MODE", "1")
+    runner = _runner(dummy_runner, CONFIGS["gqa4"], cuda_graph_max_bs=4)
+    fb = _decode_batch(runner, 900, seed=5)
+    fb.decode_keys = DecodeKeys.of(fb.seq_lens.cpu())
+    with torch.inference_mode():
+        ref = runner.model(fb, runner.pool).float()
+    params = SamplingParams(temperature=0.0, max_new_tokens=4, logprobs=logprobs)
+    sampling = SamplingBatch.build(
+        [SamplerRow(params, 0, 0, [], [], frozenset())], runner.cfg.vocab_size, "cuda"
+    )
+    row = int(fb.req_pool_indices[0])
+    runner.next_tokens[row] = -1
+    before = runner.graphs.fused_replays
+    out = runner.step(fb, [0], sampling)
+    assert runner.graphs.fused_replays - before == 1
+    token = out.next_token_ids[0]
+    assert int(runner.next_tokens[row]) == token
+    assert token == int(runner.graphs.fused_output.argmax())  # the fused logits' first maximum, either way
+    # The fused logits differ from the unfused ones by bf16 rounding: the token must be a near-maximum of ref.
+    assert float(ref[0, token]) >= float(ref.max()) - 0.03 * float(ref.abs().max())
+    assert (out.logprobs is not None) == logprobs
 
 
 def test_unsupported_shapes_are_named():

@@ -93,9 +93,10 @@ struct Layout {
 
 size_t smem_bytes(int hidden, int inter, int hq) {
   const int max_k = std::max(std::max(hidden, inter), hq * kFusedHeadDim);
-  // ring | input vector (bf16) | 32 floats | full and empty barriers | slot metadata | attention mailbox
+  // ring | input vector (bf16) | 32 floats | full and empty barriers | slot metadata | attention mailbox | mail
+  // head, the block's argmax key
   return static_cast<size_t>(kStages) * kSlotBytes + align256(static_cast<size_t>(max_k) * 2) + 128 +
-         2 * kStages * 8 + kStages * 16 + kStages * 16 + 16;
+         2 * kStages * 8 + kStages * 16 + kStages * 16 + 16 + 8;
 }
 
 }  // namespace
@@ -120,7 +121,7 @@ size_t fused_decode_workspace_bytes(int num_layers, int hidden, int inter, int h
 
 size_t fused_decode_counters(int num_layers) {
   const int nphase = kPhasesPerLayer * num_layers + 1;
-  return 2 * static_cast<size_t>(nphase);  // per phase: units taken, units done
+  return 2 * static_cast<size_t>(nphase) + 4;  // per phase: units taken, units done; the argmax (64 bits), arrivals
 }
 
 #if !defined(USE_ROCM)
@@ -355,6 +356,30 @@ __device__ void load_input(const Step& st, int ph, bf16* xs, float* red) {
   consumers_sync();
 }
 
+// The greedy token: logits compare as (value, lowest index first) through one 64-bit key, so atomicMax picks
+// what torch.argmax picks (its first maximum). The value's bits are made order-preserving as unsigned.
+__device__ __forceinline__ unsigned long long argmax_key(float v, int idx) {
+  unsigned b = __float_as_uint(v);
+  b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+  return (static_cast<unsigned long long>(b) << 32) | (0xFFFFFFFFu - static_cast<unsigned>(idx));
+}
+
+// After the LM head (thread 0 of each block, its warps past their units): the block's best key into the
+// grid's; the last block to arrive writes the token, and into the request's row of the token table if given.
+__device__ void finish_argmax(const Step& st, unsigned long long block_best) {
+  const FusedDecodeArgs& a = st.a;
+  unsigned long long* grid_best = reinterpret_cast<unsigned long long*>(st.ctr + 2 * st.nphase);
+  unsigned* arrived = st.ctr + 2 * st.nphase + 2;
+  atomicMax(grid_best, block_best);
+  __threadfence();
+  if (atomicAdd(arrived, 1u) != gridDim.x - 1) return;
+  __threadfence();
+  const unsigned long long b = atomicAdd(grid_best, 0ull);
+  const int64_t token = static_cast<int64_t>(0xFFFFFFFFu - static_cast<unsigned>(b & 0xFFFFFFFFull));
+  a.token[0] = token;
+  if (a.token_table != nullptr) a.token_table[a.req_pool_indices[0]] = token;
+}
+
 // A weight unit's bytes: one copy (plain phases: up to two whole rows; down: a piece of a row) or two (gate_up:
 // the gate row and its up row).
 struct Copy {
@@ -393,7 +418,7 @@ __device__ Copy unit_copy(const Step& st, int kind, int l, int u) {
 // A weight unit: the lane's share of the slot into registers, the slot back to the producer, then the dot
 // products with the input vector and the phase's epilogue.
 __device__ __forceinline__ void weight_unit(const Step& st, int kind, int l, int u, const unsigned char* slot,
-                                            uint64_t* empty, const bf16* xs, int lane) {
+                                            uint64_t* empty, const bf16* xs, unsigned long long* best, int lane) {
   const FusedDecodeArgs& a = st.a;
   const Copy cp = unit_copy(st, kind, l, u);
   const int total = (cp.src1 != nullptr ? 2 : 1) * static_cast<int>(cp.bytes / 16);  // vectors in the slot
@@ -463,8 +488,14 @@ __device__ __forceinline__ void weight_unit(const Step& st, int kind, int l, int
       break;
     default: {
       const int row = 2 * u;
-      a.logits[row] = round_bf16(acc0);
-      if (row + 1 < a.vocab) a.logits[row + 1] = round_bf16(acc1);
+      const float l0 = round_bf16(acc0), l1 = round_bf16(acc1);
+      a.logits[row] = l0;
+      unsigned long long key = argmax_key(l0, row);
+      if (row + 1 < a.vocab) {
+        a.logits[row + 1] = l1;
+        key = max(key, argmax_key(l1, row + 1));
+      }
+      atomicMax(best, key);  // shared memory: the block's best logit so far
     }
   }
 }
@@ -726,6 +757,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_decode_kernel(const __grid_
   SlotMeta* meta = reinterpret_cast<SlotMeta*>(empty + kStages);
   Mail* mail = reinterpret_cast<Mail*>(meta + kStages);
   unsigned* mail_head = reinterpret_cast<unsigned*>(mail + kStages);
+  unsigned long long* best = reinterpret_cast<unsigned long long*>(mail_head + 4);  // 16 bytes on: 8-aligned
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
@@ -734,6 +766,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_decode_kernel(const __grid_
       mail[s].seq = 0;
     }
     *mail_head = 0;
+    *best = 0;
     mbar_init_fence();
   }
   __syncthreads();
@@ -879,8 +912,10 @@ __global__ void __launch_bounds__(kThreads, 1) fused_decode_kernel(const __grid_
         }
       }
       if (mt.phase == st.nphase) {
-        if (threadIdx.x == 0)  // the attention warps leave too
-          for (int w = 0; w < kAttnWarps; ++w) post(mail, mail_head, mt.phase, 0, 0);
+        if (threadIdx.x == 0) {
+          finish_argmax(st, *best);
+          for (int w = 0; w < kAttnWarps; ++w) post(mail, mail_head, mt.phase, 0, 0);  // the attention warps leave
+        }
         return;
       }
       consumers_sync();
@@ -899,7 +934,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_decode_kernel(const __grid_
       __syncwarp();
       continue;
     }
-    weight_unit(st, kind, layer, mt.unit, ring + s * kSlotBytes, &empty[s], xs, lane);
+    weight_unit(st, kind, layer, mt.unit, ring + s * kSlotBytes, &empty[s], xs, best, lane);
   }
 #endif
 }

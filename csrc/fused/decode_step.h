@@ -52,6 +52,8 @@ struct FusedDecodeArgs {
   int64_t table_stride;
   const float* cos_sin;  // [max_pos, D]: cos of the D/2 frequencies, then their sin
   float* logits;         // [vocab] out
+  int64_t* token;        // [1] out: the logits' argmax (the greedy token)
+  int64_t* token_table;  // or nullptr: [rows] per-request next-token table; the argmax also lands at the request's row
   void* workspace;       // fused_decode_workspace_bytes()
   unsigned* counters;    // fused_decode_counters(); zeroed by the launcher before every step
   // Timing-only cuts (wrong results; scripts/bench_fused_decode.py): 1 no phase-barrier waits, 2 attention units

@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -46,7 +47,7 @@ bool available(int64_t device) {
   return fused_decode_available();
 }
 
-void run(at::Tensor logits, at::Tensor layers, at::Tensor embed, at::Tensor final_norm, at::Tensor lm_head,
+void run(at::Tensor logits, at::Tensor token, std::optional<at::Tensor> token_table, at::Tensor layers, at::Tensor embed, at::Tensor final_norm, at::Tensor lm_head,
          at::Tensor input_ids, at::Tensor positions, at::Tensor out_cache_loc, at::Tensor req_pool_indices,
          at::Tensor seq_lens, at::Tensor req_to_token, at::Tensor cos_sin, at::Tensor workspace, at::Tensor counters,
          int64_t hq, int64_t hkv, int64_t inter, double eps, double scale, bool neox) {
@@ -62,6 +63,12 @@ void run(at::Tensor logits, at::Tensor layers, at::Tensor embed, at::Tensor fina
   check_shape(final_norm, {hidden}, "final_norm");
   check_tensor(logits, embed, at::kFloat, "logits");
   check_shape(logits, {vocab}, "logits");
+  check_tensor(token, embed, at::kLong, "token");
+  check_shape(token, {1}, "token");
+  if (token_table.has_value()) {
+    check_tensor(*token_table, embed, at::kLong, "token_table");
+    TORCH_CHECK_VALUE(token_table->dim() == 1, kOp, ": token_table must be 1-D, got ", token_table->sizes());
+  }
   check_tensor(layers, embed, at::kLong, "layers");
   TORCH_CHECK_VALUE(layers.dim() == 2 && layers.size(1) == 9 && layers.size(0) > 0, kOp,
                     ": layers must be [num_layers, 9] device pointers, got ", layers.sizes());
@@ -110,6 +117,8 @@ void run(at::Tensor logits, at::Tensor layers, at::Tensor embed, at::Tensor fina
   a.table_stride = req_to_token.stride(0);
   a.cos_sin = cos_sin.data_ptr<float>();
   a.logits = logits.data_ptr<float>();
+  a.token = token.data_ptr<int64_t>();
+  a.token_table = token_table.has_value() ? token_table->data_ptr<int64_t>() : nullptr;
   a.workspace = workspace.data_ptr();
   a.counters = reinterpret_cast<unsigned*>(counters.data_ptr<int32_t>());
   const char* skip = std::getenv("LITE_SRT_FUSED_SKIP");  // timing-only cuts (decode_step.h)
@@ -134,7 +143,7 @@ void register_fused_decode(pybind11::module_& m) {
   m.def("fused_decode_available_cuda", &available,
         "whether the device runs the fused decode step (compute capability 9.x and sm_90a code)", py::arg("device"));
   m.def("fused_decode_cuda", &run, "the batch-1 decode step of a Llama-architecture model in one kernel",
-        py::arg("logits"), py::arg("layers"), py::arg("embed"), py::arg("final_norm"), py::arg("lm_head"),
+        py::arg("logits"), py::arg("token"), py::arg("token_table"), py::arg("layers"), py::arg("embed"), py::arg("final_norm"), py::arg("lm_head"),
         py::arg("input_ids"), py::arg("positions"), py::arg("out_cache_loc"), py::arg("req_pool_indices"),
         py::arg("seq_lens"), py::arg("req_to_token"), py::arg("cos_sin"), py::arg("workspace"), py::arg("counters"),
         py::arg("hq"), py::arg("hkv"), py::arg("inter"), py::arg("eps"), py::arg("scale"), py::arg("neox"));

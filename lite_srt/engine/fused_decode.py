@@ -4,17 +4,19 @@ Hopper.
 At batch 1 a decode step streams every weight once, and separate kernels leave HBM idle at each of their ~200
 boundaries and through the latency-bound pieces between the GEMVs (norms, RoPE, attention). The fused kernel keeps
 one weight stream running through the whole step: embedding, every layer, the final norm and the LM head, with
-the same bf16 roundings as the unfused path. Sampling runs after it as before.
+the same bf16 roundings as the unfused path. It also leaves the logits' argmax (the greedy token) in `token` and
+in the request's row of the runner's next-token table, so a plain greedy step skips the sampler (ModelRunner.launch);
+any other step samples the logits as before and overwrites that row.
 
 Where it applies: one request, one GPU (tp 1), bf16 weights and KV cache, head_dim 128, up to 4 query heads per
 KV head, no per-head q/k norm, hidden and head sizes the kernel's 16 KB slots take (`unsupported_reason`), and
 up to `max_keys` (2048) keys. The CUDA graph runner captures it for batch size 1 beside the unfused graph and
 replays it when the step fits; every other step runs the unfused model.
 
-Whether it is used: LITE_SRT_FUSED_DECODE unset or 0: never (it is not yet faster than the unfused step through
-the runner; docs/BENCHMARKS.md, session 17); =1 whenever supported; =auto: the model runner times the batch-1
-step both ways at startup, at TIMING_KEYS keys, and keeps the faster (`choose`), like the one-row GEMV choice
-(gemv_tuning.py).
+Whether it is used: LITE_SRT_FUSED_DECODE unset or 1: whenever supported (H100, Llama-3.1-8B: 5.42 ms per step
+at 1k keys against 6.12 unfused, 5.68 against 6.18 at 2k; docs/BENCHMARKS.md, session 19); =0: never (A/B runs);
+=auto: the model runner times the batch-1 step both ways at startup, at TIMING_KEYS keys, and keeps the faster
+(`choose`), like the one-row GEMV choice (gemv_tuning.py).
 
 Ownership: built on the event-loop thread at startup; called only by the forward thread (inside graph capture
 and replay). Its buffers (logits, workspace, counters) belong to it alone.
@@ -38,7 +40,7 @@ from lite_srt.models.llama import LlamaForCausalLM
 
 logger = logging.getLogger(__name__)
 
-_MODE = os.environ.get("LITE_SRT_FUSED_DECODE", "0")
+_MODE = os.environ.get("LITE_SRT_FUSED_DECODE", "1")
 HEAD_DIM = 128
 
 
@@ -48,8 +50,8 @@ TIMING_KEYS = (
 
 
 def mode() -> str:
-    """'0' (off, the default), '1' (on whenever supported) or 'auto' (timed at startup)."""
-    return _MODE if _MODE in ("1", "auto") else "0"
+    """'1' (on whenever supported, the default), '0' (off) or 'auto' (timed at startup)."""
+    return _MODE if _MODE in ("0", "auto") else "1"
 
 
 def unsupported_reason(model: nn.Module, pool: KVPool, tp_size: int) -> str | None:
@@ -95,9 +97,10 @@ class FusedDecodeChoice:
 
 
 class FusedDecodeStep:
-    """Callable on a one-request decode ForwardBatch: returns its logits [1, vocab] (float32)."""
+    """Callable on a one-request decode ForwardBatch: returns its logits [1, vocab] (float32) and leaves their
+    argmax in `token` [1] (int64) and, given a `token_table`, at the request's row of it."""
 
-    def __init__(self, model: nn.Module, pool: KVPool) -> None:
+    def __init__(self, model: nn.Module, pool: KVPool, token_table: torch.Tensor | None = None) -> None:
         from lite_srt import _C  # type: ignore[attr-defined]
 
         self._op = _C.fused_decode_cuda
@@ -139,23 +142,28 @@ class FusedDecodeStep:
         self.workspace = torch.empty(ws_bytes, dtype=torch.uint8, device=dev)
         self.counters = torch.zeros(n_counters, dtype=torch.int32, device=dev)
         self.logits = torch.empty(self.embed.shape[0], dtype=torch.float32, device=dev)
+        self.token = torch.zeros(1, dtype=torch.int64, device=dev)
+        self.token_table = token_table
         self.max_keys = int(_C.fused_decode_max_keys)  # longer contexts replay the unfused graph
 
     @classmethod
-    def create(cls, model: nn.Module, pool: KVPool, tp_size: int) -> FusedDecodeStep | None:
-        """The step for this model, or None (with the reason logged) where it does not apply or is turned off."""
+    def create(
+        cls, model: nn.Module, pool: KVPool, tp_size: int, token_table: torch.Tensor | None = None
+    ) -> FusedDecodeStep | None:
+        """The step for this model, or None (with the reason logged) where it does not apply or is turned off.
+        token_table: the runner's per-request next-token table, which the step's greedy token also goes to."""
         if mode() == "0":
             return None
         why = unsupported_reason(model, pool, tp_size)
         if why is not None:
             logger.info("fused batch-1 decode kernel: not used (%s)", why)
             return None
-        return cls(model, pool)
+        return cls(model, pool, token_table)
 
     def __call__(self, fb: ForwardBatch) -> torch.Tensor:
         assert fb.batch_size == 1 and fb.input_ids is not None
         self._op(
-            self.logits, self.layers, self.embed, self.final_norm, self.lm_head, fb.input_ids, fb.positions,
+            self.logits, self.token, self.token_table, self.layers, self.embed, self.final_norm, self.lm_head, fb.input_ids, fb.positions,
             fb.out_cache_loc, fb.req_pool_indices, fb.seq_lens, fb.req_to_token, self.cos_sin, self.workspace,
             self.counters, self.hq, self.hkv, self.inter, self.eps, self.scale, self.neox,
         )  # fmt: skip

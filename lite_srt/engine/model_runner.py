@@ -255,7 +255,7 @@ class ModelRunner:
     def _fused_decode(self, runner: CudaGraphRunner) -> FusedDecodeStep | None:
         """The fused batch-1 decode step where it applies and (unless forced) times faster than the unfused
         step with the GEMV choice just made."""
-        fused = FusedDecodeStep.create(self.model, self.pool, self.tp.size)
+        fused = FusedDecodeStep.create(self.model, self.pool, self.tp.size, self.next_tokens)
         if fused is None:
             return None
 
@@ -330,11 +330,16 @@ class ModelRunner:
         logits = self._forward(batch)
         if not sample_rows or sampling is None:
             return PendingStep(None, None, t0)
-        idx = list_to_device(sample_rows, torch.int64, self.device)
-        if len(sample_rows) != logits.shape[0]:
-            logits = logits[idx]
-        out = sample(logits, sampling)
-        self.next_tokens[batch.req_pool_indices[idx]] = self.tp.broadcast(out.next_token_ids)
+        token = self.graphs.fused_token if self.graphs is not None else None
+        if token is not None and _plain_greedy(sampling) and sample_rows == [0]:
+            # The fused kernel took the argmax and wrote it to next_tokens already (fused_decode.py).
+            out = SampleOutput(token, None, None, None)
+        else:
+            idx = list_to_device(sample_rows, torch.int64, self.device)
+            if len(sample_rows) != logits.shape[0]:
+                logits = logits[idx]
+            out = sample(logits, sampling)
+            self.next_tokens[batch.req_pool_indices[idx]] = self.tp.broadcast(out.next_token_ids)
         host = SampleOutput(
             _to_host(out.next_token_ids),  # type: ignore[arg-type]
             _to_host(out.logprobs),
@@ -362,9 +367,16 @@ class ModelRunner:
             batch.input_ids = self.next_tokens[batch.req_pool_indices]
         elif batch.gather_idx is not None:
             batch.input_ids[batch.gather_idx] = self.next_tokens[batch.gather_rows]
-        if self.graphs is not None and self.graphs.can_run(batch):
-            return self.graphs.replay(batch)
+        if self.graphs is not None:
+            if self.graphs.can_run(batch):
+                return self.graphs.replay(batch)
+            self.graphs.replayed_fused = False
         return self.model(batch, self.pool)
+
+
+def _plain_greedy(sampling: SamplingBatch) -> bool:
+    """Whether the batch's tokens are the raw logits' argmax (nothing adjusts them, no logprobs)."""
+    return sampling.all_greedy and not sampling.adjusts_logits and not sampling.return_logprobs
 
 
 def default_max_running(num_slots: int) -> int:
