@@ -19,7 +19,7 @@
 //    `done` counter and waits for (units + blocks): every unit is finished and every block has also loaded its
 //    input for that phase, so buffers can be reused in place.
 //  - Attention units are (KV head, key range) pairs, one per block where the KV heads allow, of up to 4 slots
-//    of 32 keys. The whole producer warp copies each slot's K and V rows (one row per lane, through the
+//    of 32 keys. The whole producer warp gathers each slot's K and V rows (16-byte cp.async through the
 //    request's token table, rotated for conflict-free ldmatrix: rot_off). The consumer warp that receives a
 //    unit's first slot hands the unit to the block's attention warp through a shared-memory mailbox. That warp
 //    runs the unit on the tensor cores (mma.sync: the query heads sharing the KV head are the rows, the online
@@ -683,6 +683,9 @@ __device__ __forceinline__ void attention_unit(const Step& st, int l, int u, uns
         if (n * 8 + 2 * tig + (e & 1) >= nk) sc[n][e] = -INFINITY;
     attn::softmax_step<kFusedSlotKeys / 8, D / 8>(sc, o, rs, scale);
     slot_pv(o, sc, vs, lane);
+    // This warp wrote into the slot (the new key's row, zeroed V rows), and the producer may refill it with
+    // bulk copies: order the generic-proxy writes before those async-proxy ones.
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncwarp();
     if (lane == 0) mbar_arrive(&empty[s]);  // the slot's K/V are read
   }
@@ -849,27 +852,28 @@ __global__ void __launch_bounds__(kThreads, 1) fused_decode_kernel(const __grid_
             const int64_t left = seq - 1 - (k0 + base);
             const int nk = static_cast<int>(left < 0 ? 0 : left > kFusedSlotKeys ? kFusedSlotKeys : left);
             const int64_t slot_id = lane < nk ? __ldcg(table + k0 + base + lane) : 0;
-            if (lane == 0) {
-              meta[s] = {ph, u, 0, i};
-              if (nk > 0)
-                mbar_expect_tx(&full[s], static_cast<uint32_t>(nk * D * 4));
-              else
-                mbar_arrive(&full[s]);
-            }
-            __syncwarp();
-            if (lane < nk) {  // rows rotated by lane % 8 chunks (rot_off): the row's tail, then its head
-              const int64_t row = (slot_id * a.hkv + h) * D;
-              const FusedLayer& L = a.layers[l];
-              const uint32_t rot = (lane & 7) * 16, bytes = D * 2;
-              const unsigned char* src[2] = {static_cast<const unsigned char*>(L.k_cache) + row * 2,
-                                             static_cast<const unsigned char*>(L.v_cache) + row * 2};
-#pragma unroll
-              for (int kv = 0; kv < 2; ++kv) {
-                unsigned char* d = dst + (kv * kFusedSlotKeys + lane) * bytes;
-                bulk_load(d + rot, src[kv], bytes - rot, &full[s], policy);
-                if (rot != 0) bulk_load(d, src[kv] + bytes - rot, rot, &full[s], policy);
+            if (lane == 0) meta[s] = {ph, u, 0, i};
+            // 16-byte cp.async gathers, two rows (keys 2 it, 2 it + 1) per warp instruction, into the rotated
+            // layout (rot_off). (As bulk copies, the rotation took ~120 small ones per slot.) Each lane's
+            // cp.async.mbarrier.arrive adds one pending arrival that lands when its copies have; lane 0's
+            // ordinary arrival, after all of them, is the barrier's expected one.
+            const FusedLayer& L = a.layers[l];
+            const bf16* kc = static_cast<const bf16*>(L.k_cache);
+            const bf16* vc = static_cast<const bf16*>(L.v_cache);
+            const int chunk = lane & 15;
+#pragma unroll 4
+            for (int it = 0; it < kFusedSlotKeys / 2; ++it) {
+              const int r = 2 * it + (lane >> 4);
+              const int64_t id = __shfl_sync(0xffffffffu, slot_id, r);
+              if (r < nk) {
+                const int64_t at = (id * a.hkv + h) * D + chunk * 8;
+                attn::cp_async_16(dst + rot_off(r, chunk), kc + at, true);
+                attn::cp_async_16(dst + kFusedSlotKeys * D * 2 + rot_off(r, chunk), vc + at, true);
               }
             }
+            asm volatile("cp.async.mbarrier.arrive.shared::cta.b64 [%0];\n" ::"r"(smem_u32(&full[s])) : "memory");
+            __syncwarp();
+            if (lane == 0) mbar_arrive(&full[s]);
           }
           continue;
         }
