@@ -229,9 +229,8 @@ class CudaGraphRunner:
         fb.input_ids, fb.positions, fb.out_cache_loc, fb.req_pool_indices, fb.seq_lens = (
             x[i : i + 1] for i in range(5)
         )
-        self.fused_inputs[3] = self.dummy_row  # warm-up and capture write through the dummy row
-        self.fused_inputs[2] = self.dummy_slot
-        self.fused_inputs[4] = 1
+        # Warm-up and capture write through the dummy row.
+        x[2], x[3], x[4] = self.dummy_slot, self.dummy_row, 1
         return fb
 
     @property
