@@ -163,9 +163,10 @@ class FusedDecodeStep:
     def __call__(self, fb: ForwardBatch) -> torch.Tensor:
         assert fb.batch_size == 1 and fb.input_ids is not None
         self._op(
-            self.logits, self.token, self.token_table, self.layers, self.embed, self.final_norm, self.lm_head, fb.input_ids, fb.positions,
-            fb.out_cache_loc, fb.req_pool_indices, fb.seq_lens, fb.req_to_token, self.cos_sin, self.workspace,
-            self.counters, self.hq, self.hkv, self.inter, self.eps, self.scale, self.neox,
+            self.logits, self.token, self.token_table, self.layers, self.embed, self.final_norm, self.lm_head,
+            fb.input_ids, fb.positions, fb.out_cache_loc, fb.req_pool_indices, fb.seq_lens, fb.req_to_token,
+            self.cos_sin, self.workspace, self.counters, self.hq, self.hkv, self.inter, self.eps, self.scale,
+            self.neox,
         )  # fmt: skip
         return self.logits.view(1, -1)
 
