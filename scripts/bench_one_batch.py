@@ -169,6 +169,12 @@ def main() -> None:
             f"batch-1 step at startup: native GEMV {c.native_ms:.3f} ms, cuBLAS {c.cublas_ms:.3f} ms",
             flush=True,
         )
+    fc = runner.fused_choice  # the startup choice of the fused batch-1 step (engine/fused_decode.py)
+    if fc is not None:
+        print(
+            f"fused batch-1 step at startup: {fc.fused_ms:.3f} ms fused, {fc.unfused_ms:.3f} ms unfused",
+            flush=True,
+        )
     results = []
     for bs in a.batch_size:
         for n in a.input_len:

@@ -53,6 +53,14 @@ def test_choose_keeps_the_faster_step(monkeypatch, fused_ms, unfused_ms, expect)
     assert (choice.fused_ms, choice.unfused_ms) == (fused_ms, unfused_ms)
 
 
+def test_the_default_is_the_startup_timing(monkeypatch):
+    # Unset or unrecognized: timed at startup (the faster step differs by GPU: fused on an H100, not on an H200).
+    monkeypatch.setattr(fused_decode, "_MODE", "yes")
+    assert fused_decode.mode() == "auto"
+    choice = fused_decode.choose(lambda on: 5.0 if on else 6.0)
+    assert choice is not None and choice.fused
+
+
 @pytest.mark.parametrize("forced", ["0", "1"])
 def test_a_forced_mode_times_nothing(monkeypatch, forced):
     monkeypatch.setattr(fused_decode, "_MODE", forced)

@@ -13,10 +13,11 @@ KV head, no per-head q/k norm, hidden and head sizes the kernel's 16 KB slots ta
 up to `max_keys` (2048) keys. The CUDA graph runner captures it for batch size 1 beside the unfused graph and
 replays it when the step fits; every other step runs the unfused model.
 
-Whether it is used: LITE_SRT_FUSED_DECODE unset or 1: whenever supported (H100, Llama-3.1-8B: 5.42 ms per step
-at 1k keys against 6.12 unfused, 5.68 against 6.18 at 2k; docs/BENCHMARKS.md, session 19); =0: never (A/B runs);
-=auto: the model runner times the batch-1 step both ways at startup, at TIMING_KEYS keys, and keeps the faster
-(`choose`), like the one-row GEMV choice (gemv_tuning.py).
+Whether it is used: LITE_SRT_FUSED_DECODE unset or auto: the model runner times the batch-1 step both ways at
+startup, at TIMING_KEYS keys, and keeps the faster (`choose`), like the one-row GEMV choice (gemv_tuning.py). The
+answer differs by GPU: with Llama-3.1-8B the fused step wins on an H100 (runner 5.53-5.63 ms per step against
+6.42) and loses on an H200 (5.09 against 4.88, where the unfused step's tuned GEMVs are faster;
+docs/BENCHMARKS.md, session 19). =1: whenever supported; =0: never (A/B runs).
 
 Ownership: built on the event-loop thread at startup; called only by the forward thread (inside graph capture
 and replay). Its buffers (logits, workspace, counters) belong to it alone.
@@ -40,7 +41,7 @@ from lite_srt.models.llama import LlamaForCausalLM
 
 logger = logging.getLogger(__name__)
 
-_MODE = os.environ.get("LITE_SRT_FUSED_DECODE", "1")
+_MODE = os.environ.get("LITE_SRT_FUSED_DECODE", "auto")
 HEAD_DIM = 128
 
 
@@ -50,8 +51,8 @@ TIMING_KEYS = (
 
 
 def mode() -> str:
-    """'1' (on whenever supported, the default), '0' (off) or 'auto' (timed at startup)."""
-    return _MODE if _MODE in ("0", "auto") else "1"
+    """'auto' (timed at startup, the default), '1' (on whenever supported) or '0' (off)."""
+    return _MODE if _MODE in ("0", "1") else "auto"
 
 
 def unsupported_reason(model: nn.Module, pool: KVPool, tp_size: int) -> str | None:
