@@ -3,6 +3,8 @@ kernel itself is checked against the unfused model in tests/test_fused_decode_gp
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -55,6 +57,8 @@ def test_choose_keeps_the_faster_step(monkeypatch, fused_ms, unfused_ms, expect)
 
 def test_the_default_is_the_startup_timing(monkeypatch):
     # Unset or unrecognized: timed at startup (the faster step differs by GPU: fused on an H100, not on an H200).
+    if "LITE_SRT_FUSED_DECODE" not in os.environ:
+        assert fused_decode.mode() == "auto"
     monkeypatch.setattr(fused_decode, "_MODE", "yes")
     assert fused_decode.mode() == "auto"
     choice = fused_decode.choose(lambda on: 5.0 if on else 6.0)

@@ -528,9 +528,9 @@ __device__ void rope8(const bf16* head, int d0, const float* cs, bool neox, floa
 }
 
 // A slot's K (then V) rows, rotated: 16-byte chunk c of row r sits at chunk (c + r % 8) % 16 of the row. The
-// producer's two bulk copies per row do the rotation; with it the 8 rows of an ldmatrix fall into 8 different
-// 16-byte bank groups (unrotated, 256-byte rows put all 8 in one: 8-way conflicts), and a slot keeps its 32
-// keys (padding rows by 16 bytes would not fit 32 in 16 KB).
+// producer's cp.async gathers write it so; with it the 8 rows of an ldmatrix fall into 8 different 16-byte bank
+// groups (unrotated, 256-byte rows put all 8 in one: 8-way conflicts), and a slot keeps its 32 keys (padding
+// rows by 16 bytes would not fit 32 in 16 KB).
 __device__ __forceinline__ int rot_off(int row, int chunk) {
   return row * (D * 2) + (((chunk + (row & 7)) & 15) << 4);
 }
@@ -581,7 +581,9 @@ __device__ __forceinline__ void rope_q_frags(uint32_t (&qa)[D / 16][4], const bf
 }
 
 // S[16 x 32] = Q K^T over one slot's K rows. ldmatrix.x4 matrices: (keys 0-7, dims lo), (keys 0-7, dims hi),
-// (keys 8-15, lo), (keys 8-15, hi) of each 16-key pair of tiles.
+// (keys 8-15, lo), (keys 8-15, hi) of each 16-key pair of tiles. slot_qk and slot_pv are attn_mma.cuh's qk_tile
+// and pv_tile over the rotated rows. Giving those a row-address policy instead cost the padded-tile kernels
+// registers (ptxas: decode's spill 8 -> 16 bytes, extend's 244 -> 255 registers), so the two stay apart.
 __device__ __forceinline__ void slot_qk(float (&s)[kFusedSlotKeys / 8][4], const uint32_t (&qa)[D / 16][4],
                                         const unsigned char* ks, int lane) {
   const int r = (lane & 7) + (lane >> 4) * 8, hi = (lane >> 3) & 1;
